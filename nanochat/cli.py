@@ -1,0 +1,72 @@
+"""Command-line plumbing shared by the entry points: argv checks before Hydra, one-line errors."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# groups whose choice we validate up front so a typo gives one clear line instead of a Hydra traceback
+CHECKED_GROUPS = ("stage", "hardware", "model", "data", "logger", "experiment", "debug")
+
+
+def fail(message: str, code: int = 1):
+    """Print one clear error line and exit non-zero."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def detect_hardware() -> str:
+    """The profile `hardware=auto` stands for on this machine."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "h100"
+    except Exception:
+        pass
+    return "cpu"
+
+
+def group_choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def prepare_argv(argv: list[str], config_name: str) -> None:
+    """Validate config-group choices and resolve `hardware=auto` in place (before Hydra parses argv).
+
+    Resolving auto here, rather than inside the job, keeps `--cfg job` and the saved config honest about
+    which profile actually ran.
+    """
+    saw_hardware = False
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key.startswith("override "):
+            key = key[len("override "):]
+        if key.startswith("/"):
+            key = key[1:]
+        if key not in CHECKED_GROUPS:
+            continue
+        if key == "hardware":
+            saw_hardware = True
+        for choice in value.split(","):
+            if choice in ("null", "") and key in ("experiment", "debug"):
+                continue
+            if choice not in group_choices(key):
+                fail(f"unknown {key} '{choice}'; choose one of: {', '.join(group_choices(key))}")
+        if key == "hardware" and value == "auto":
+            argv[i] = f"hardware={detect_hardware()}"
+    if config_name == "train" and not saw_hardware and not _experiment_sets_hardware(argv):
+        argv.append(f"hardware={detect_hardware()}")
+
+
+def _experiment_sets_hardware(argv: list[str]) -> bool:
+    for arg in argv[1:]:
+        if arg.startswith("experiment="):
+            for name in arg.split("=", 1)[1].split(","):
+                path = CONF_DIR / "experiment" / f"{name}.yaml"
+                if path.exists() and "override /hardware" in path.read_text():
+                    return True
+    return False

@@ -1,0 +1,57 @@
+"""Small shared helpers: base directory, atomic writes, user-facing errors."""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class NanochatError(Exception):
+    """An error caused by the user's input or environment; printed as one line, exit code 1."""
+
+
+def get_base_dir() -> Path:
+    """Where caches live (sample corpus, downloaded shards, the latest tokenizer).
+
+    $NANOCHAT_BASE_DIR, else ~/.cache/nanochat.
+    """
+    base = os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def atomic_path(final: str | os.PathLike):
+    """Yield a temporary path beside `final`; on success it is fsynced and renamed over `final`.
+
+    On any exception the temporary file is removed and `final` is left untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(final) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def shared_data_dir() -> Path | None:
+    """Reference data for tests/benchmarks ($NANOCHAT_SHARED_DATA, default ../shared/data); None if absent."""
+    default = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    path = Path(os.environ.get("NANOCHAT_SHARED_DATA", default))
+    return path if path.is_dir() else None

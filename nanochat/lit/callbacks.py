@@ -1,0 +1,129 @@
+"""Training callbacks: throughput/MFU, sample generations, non-finite loss guard, atomic checkpoint files."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+
+from nanochat.common import NanochatError, atomic_path
+
+
+class AtomicCheckpointIO(CheckpointIO):
+    """Checkpoints go to a temporary file beside the target and are renamed over it only when complete,
+    so a crash or a full disk mid-save never damages the last good checkpoint."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+        except OSError as e:
+            raise NanochatError(f"could not save checkpoint {path}: {e.strerror or e}; the previous checkpoint is intact") from e
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        try:
+            return torch.load(path, map_location=map_location or "cpu", weights_only=False)
+        except FileNotFoundError:
+            raise NanochatError(f"checkpoint not found: {path}") from None
+        except Exception as e:
+            raise NanochatError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__}: {e})") from None
+
+    def remove_checkpoint(self, path):
+        if os.path.exists(path):
+            os.remove(path)
+
+
+class ThroughputMFU(L.Callback):
+    """Tokens/s and MFU per optimizer step, with peak FLOPS taken from the hardware profile (so GB10 works)."""
+
+    def __init__(self, flops_per_token: float, tokens_per_step: int, peak_flops: float, log_every: int = 1):
+        self.flops_per_token = flops_per_token
+        self.tokens_per_step = tokens_per_step  # all ranks, all micro-batches
+        self.peak_flops = peak_flops
+        self.log_every = log_every
+        self._t0 = None
+        self._step_seen = -1
+        self.history: list[tuple[int, float, float]] = []  # (step, tok/s, mfu)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step == self._step_seen:
+            return  # mid-accumulation
+        self._step_seen = step
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        dt = now - self._t0
+        self._t0 = now
+        tok_s = self.tokens_per_step / dt
+        world = trainer.world_size
+        mfu = self.flops_per_token * tok_s / (self.peak_flops * world) if self.peak_flops else float("nan")
+        self.history.append((step, tok_s, mfu))
+        if step % self.log_every == 0:
+            pl_module.log_dict({"perf/tok_per_s": tok_s, "perf/mfu": mfu, "perf/step_s": dt}, on_step=True, on_epoch=False)
+
+    def on_validation_start(self, trainer, pl_module):
+        self._t0 = None  # validation time is not training time
+
+    def on_validation_end(self, trainer, pl_module):
+        self._t0 = time.perf_counter()
+
+
+class NonFiniteGuard(L.Callback):
+    """Stop with a clear message on NaN/inf loss, before any checkpoint of the broken weights is written."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss).all():
+            ckpt_dir = None
+            if trainer.checkpoint_callback is not None:
+                ckpt_dir = trainer.checkpoint_callback.dirpath
+            where = f"; the last good checkpoint is in {ckpt_dir}" if ckpt_dir else ""
+            raise NanochatError(f"non-finite loss ({loss.item()}) at step {trainer.global_step}{where}")
+
+
+class SampleGenerations(L.Callback):
+    """Greedy continuations of a few prompts every N optimizer steps and at the end of training."""
+
+    def __init__(self, tokenizer, prompts: list[str], every: int, max_tokens: int = 16):
+        self.tokenizer = tokenizer
+        self.prompts = list(prompts)
+        self.every = every
+        self.max_tokens = max_tokens
+        self._last_step = -1
+        self.samples: list[str] = []
+
+    def _generate(self, trainer, pl_module):
+        if not trainer.is_global_zero or not self.prompts:
+            return
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        self.samples = []
+        bos = self.tokenizer.bos_token_id
+        for prompt in self.prompts:
+            ids = self.tokenizer.encode(prompt, prepend=bos)
+            out = list(model.generate(ids, max_tokens=self.max_tokens, temperature=0.0))
+            self.samples.append(prompt + self.tokenizer.decode(out))
+        model.train(was_training)
+        text = "\n".join(f"  {s!r}" for s in self.samples)
+        print(f"\n[samples @ step {trainer.global_step}]\n{text}", flush=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if self.every > 0 and step > 0 and step % self.every == 0 and step != self._last_step:
+            self._last_step = step
+            self._generate(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        if trainer.global_step != self._last_step:
+            self._last_step = trainer.global_step
+            self._generate(trainer, pl_module)
