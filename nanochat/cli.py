@@ -70,3 +70,25 @@ def _experiment_sets_hardware(argv: list[str]) -> bool:
                 if path.exists() and "override /hardware" in path.read_text():
                     return True
     return False
+
+
+def open_source(data_cfg):
+    """The document source a `data=` config group describes (sample, fineweb_edu, local)."""
+    from omegaconf import OmegaConf
+
+    from nanochat.dataset import get_source
+
+    opts = OmegaConf.to_container(data_cfg, resolve=True)
+    name = opts.pop("name")
+    for key in ("tokenizer", "loader"):  # consumed by the stages, not by the source
+        opts.pop(key, None)
+    return get_source(name, **opts)
+
+
+def run_dir() -> Path:
+    """This job's output folder (Hydra 1.3 does not chdir into it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    path = Path(HydraConfig.get().runtime.output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

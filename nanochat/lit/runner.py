@@ -1,0 +1,160 @@
+"""Hydra config -> Lightning Trainer for the training stages (base now; mid/sft/rl reuse the same path)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+from nanochat import scaling
+from nanochat.cli import open_source, run_dir
+from nanochat.common import NanochatError, atomic_write_bytes
+from nanochat.lit.callbacks import AtomicCheckpointIO, NonFiniteGuard, SampleGenerations, ThroughputMFU
+from nanochat.lit.module import NanochatLM
+
+
+def world_size(hw) -> int:
+    devices = hw.devices
+    n = len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else int(devices)
+    return n * int(hw.num_nodes)
+
+
+def build_plan(cfg: DictConfig, vocab_size: int):
+    m, hw, st = cfg.model, cfg.hardware, cfg.stage
+    model_cfg = scaling.model_config(
+        m.depth, vocab_size=vocab_size, seq_len=m.sequence_len, aspect_ratio=m.aspect_ratio, head_dim=m.head_dim,
+        n_kv_head=m.n_kv_head, rope_base=m.rope_base, logit_softcap=m.logit_softcap,
+        window_pattern=m.window_pattern, value_embeds=m.value_embeds,
+    )
+    plan = scaling.plan(
+        model_cfg, device_batch_size=hw.device_batch_size, world_size=world_size(hw),
+        total_batch_tokens=st.total_batch_tokens, param_data_ratio=st.param_data_ratio,
+        num_iterations=st.num_iterations, matrix_lr=st.matrix_lr, embedding_lr=st.embedding_lr,
+        unembedding_lr=st.unembedding_lr,
+    )
+    return model_cfg, plan
+
+
+def resolve_ckpt_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
+    existing = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.exists() else []
+    if cfg.ckpt_path is None:
+        if existing:
+            raise NanochatError(
+                f"{ckpt_dir} already holds checkpoints; resume with ckpt_path=last or start another run with run_name=...")
+        return None
+    if cfg.ckpt_path == "last":
+        last = ckpt_dir / "last.ckpt"
+        if not last.exists():
+            raise NanochatError(f"ckpt_path=last but {last} does not exist (nothing to resume in this run folder)")
+        return str(last)
+    path = Path(cfg.ckpt_path)
+    if not path.exists():
+        raise NanochatError(f"checkpoint not found: {path}")
+    return str(path)
+
+
+def make_logger(cfg: DictConfig, out: Path):
+    lg = cfg.logger
+    if lg.name == "none":
+        return False
+    if lg.name == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        if lg.get("offline"):
+            os.environ["WANDB_MODE"] = "offline"
+        return WandbLogger(project=lg.project, name=cfg.run_name, save_dir=str(out), offline=bool(lg.get("offline")))
+    return CSVLogger(save_dir=str(out), name="logs", version="")
+
+
+def run_training_stage(cfg: DictConfig) -> dict:
+    from nanochat.checkpoint import export_model
+    from nanochat.lit.datamodule import NanochatDataModule
+    from nanochat.tokenizer import Tokenizer, get_tokenizer
+
+    out = run_dir()
+    hw, st = cfg.hardware, cfg.stage
+    if hw.get("num_threads"):
+        torch.set_num_threads(int(hw.num_threads))
+    if hw.accelerator == "gpu" and not torch.cuda.is_available():
+        raise NanochatError(f"hardware={hw.name} needs a CUDA GPU but none is visible; use hardware=cpu or hardware=auto")
+
+    # the run folder keeps its own copy of the tokenizer so it stays loadable after a new tokenizer is trained
+    run_tok = out / "tokenizer"
+    if (run_tok / "tokenizer.pkl").exists() and cfg.ckpt_path is not None:
+        tokenizer = Tokenizer.load(run_tok)
+    else:
+        tokenizer = get_tokenizer(cfg.tokenizer_dir)
+    ckpt_dir = out / "checkpoints"
+    ckpt_path = resolve_ckpt_path(cfg, ckpt_dir)
+
+    model_cfg, plan = build_plan(cfg, tokenizer.vocab_size)
+    print(plan.describe(peak_flops=hw.peak_flops), flush=True)
+    if cfg.get("plan_only"):
+        return {"plan": plan}
+    tokenizer.save(run_tok)
+    atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+
+    L.seed_everything(cfg.seed, verbose=False)
+    source = open_source(cfg.data)
+    dm = NanochatDataModule(
+        source=source, tokenizer=tokenizer, batch_size=hw.device_batch_size, seq_len=model_cfg.sequence_len,
+        buffer_docs=cfg.data.loader.buffer_docs, tokenizer_threads=cfg.data.loader.tokenizer_threads,
+        val_tokens=st.eval_tokens,
+    )
+    from dataclasses import asdict
+
+    module = NanochatLM(
+        model_config=asdict(model_cfg), total_steps=plan.num_steps, embedding_lr=st.embedding_lr,
+        unembedding_lr=st.unembedding_lr, matrix_lr=st.matrix_lr, weight_decay=st.weight_decay,
+        warmup_steps=st.warmup_steps, warmdown_ratio=st.warmdown_ratio, final_lr_frac=st.final_lr_frac,
+        muon_momentum_warmup=st.muon_momentum_warmup, compile=bool(hw.compile), init_weights_from=st.init_from,
+    )
+    module.token_bytes = tokenizer.token_bytes()
+
+    throughput = ThroughputMFU(plan.flops_per_token, plan.total_batch_tokens, hw.peak_flops)
+    samples = SampleGenerations(tokenizer, list(st.sample_prompts), every=st.sample_every, max_tokens=st.sample_tokens)
+    callbacks = [
+        NonFiniteGuard(),
+        throughput,
+        samples,
+        LearningRateMonitor(logging_interval="step"),
+        TQDMProgressBar(refresh_rate=1),
+        ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step:06d}", auto_insert_metric_name=False,
+                        every_n_train_steps=st.save_every, save_top_k=1, save_last=True),
+    ]
+    val_batches = max(1, st.eval_tokens // (hw.device_batch_size * model_cfg.sequence_len * world_size(hw)))
+    trainer = L.Trainer(
+        accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.num_nodes, strategy=hw.strategy,
+        precision=hw.precision, max_steps=plan.num_steps, accumulate_grad_batches=plan.grad_accum,
+        gradient_clip_val=st.grad_clip, val_check_interval=st.eval_every * plan.grad_accum,
+        check_val_every_n_epoch=None, limit_val_batches=val_batches, num_sanity_val_steps=0,
+        logger=make_logger(cfg, out), callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(out), log_every_n_steps=1, enable_model_summary=False,
+    )
+    t0 = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    fit_s = time.time() - t0
+    val = trainer.validate(module, datamodule=dm, verbose=False)
+    val_bpb = float(val[0]["val/bpb"]) if val else float("nan")
+
+    summary = {"stage": st.name, "steps": trainer.global_step, "val_bpb": val_bpb, "fit_seconds": fit_s}
+    if throughput.history:
+        rates = sorted(r for _, r, _ in throughput.history[1:] or throughput.history)
+        mfus = sorted(m for _, _, m in throughput.history[1:] or throughput.history)
+        summary.update(tok_per_s=rates[len(rates) // 2], mfu=mfus[len(mfus) // 2])
+    summary["samples"] = samples.samples
+    if trainer.is_global_zero:
+        model_dir = export_model(module.model, tokenizer, out / "model", meta={"stage": st.name, **summary})
+        summary["model_dir"] = str(model_dir)
+        atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+        print(f"\n{st.name}: {trainer.global_step} steps in {fit_s:.0f} s, val bpb {val_bpb:.4f}"
+              + (f", {summary['tok_per_s']:,.0f} tok/s, MFU {100 * summary['mfu']:.1f}%" if "mfu" in summary else "")
+              + f"\nmodel: {model_dir}", flush=True)
+    return summary

@@ -1,0 +1,63 @@
+"""stage=tokenizer: train the BPE tokenizer on the configured data, save it, report compression."""
+from __future__ import annotations
+
+import json
+import time
+
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from nanochat.cli import open_source, run_dir
+from nanochat.common import NanochatError, atomic_write_bytes
+
+PATTERNS = {"v0": "GPT4_PATTERN", "late": "GPT4_PATTERN_LATE"}
+
+
+def resolve_pattern(pattern: str) -> str:
+    import nanochat_rustbpe
+
+    return getattr(nanochat_rustbpe, PATTERNS[pattern]) if pattern in PATTERNS else pattern
+
+
+def _counting(texts, bar):
+    for text in texts:
+        bar.update(len(text))
+        yield text
+
+
+def run_tokenizer_stage(cfg: DictConfig) -> dict:
+    from nanochat.dataset import iter_texts
+    from nanochat.tokenizer import Tokenizer, compression_ratio, default_tokenizer_dir, reference_encodings
+
+    st = cfg.stage
+    out = run_dir()
+    source = open_source(cfg.data)
+    pattern = resolve_pattern(st.pattern)
+    print(f"training tokenizer: vocab {st.vocab_size:,} (incl. 9 specials), up to {st.max_chars:,} chars "
+          f"from '{cfg.data.name}', documents capped at {st.doc_cap:,} chars", flush=True)
+    t0 = time.time()
+    texts = iter_texts(source, split="train", max_chars=st.max_chars, doc_cap=st.doc_cap)
+    with tqdm(total=st.max_chars, unit="char", unit_scale=True, desc="reading", mininterval=1.0) as bar:
+        tokenizer = Tokenizer.train(_counting(texts, bar), vocab_size=st.vocab_size, pattern=pattern)
+    train_s = time.time() - t0
+
+    tokenizer.save(out / "tokenizer")
+    latest = default_tokenizer_dir()
+    tokenizer.save(latest)
+
+    # held-out compression: bytes per token on the validation split
+    val_docs = [t for _, t in zip(range(st.eval_docs), iter_texts(source, split="val", doc_cap=st.doc_cap))]
+    if not val_docs:
+        raise NanochatError(f"data '{cfg.data.name}' has no validation documents to evaluate the tokenizer on")
+    rows = {"nanochat": (tokenizer.vocab_size, compression_ratio(tokenizer, val_docs))}
+    for name, enc in reference_encodings().items():
+        rows[name] = (enc.n_vocab, compression_ratio(enc, val_docs))
+    print(f"\ntrained in {train_s:.1f} s; saved to {out / 'tokenizer'} and {latest}")
+    print(f"compression on {len(val_docs)} held-out documents (bytes per token, higher is better):")
+    for name, (vocab, ratio) in rows.items():
+        print(f"  {name:<12} vocab {vocab:>7,}  {ratio:6.3f}")
+    if len(rows) == 1:
+        print("  (cl100k_base / o200k_base not available offline: comparison skipped)")
+    report = {"train_seconds": train_s, "vocab_size": tokenizer.vocab_size, "compression": rows}
+    atomic_write_bytes(out / "tokenizer_report.json", json.dumps(report, indent=2).encode())
+    return report

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: a virtualenv in .venv with torch, the Rust tokenizer trainer and nanochat.
+#   bash scripts/setup.sh            # idempotent; re-run after pulling
+# Environment knobs:
+#   NANOCHAT_TORCH_SPEC   torch requirement (default: torch; CPU build from a local wheel folder when one is given)
+#   NANOCHAT_TORCH_INDEX  extra index for torch, e.g. https://download.pytorch.org/whl/cu130 (DGX Spark, aarch64)
+#   NANOCHAT_WHEELS       a folder of local wheels to prefer (e.g. a CPU torch build)
+#   PYTHON                interpreter for the venv (default python3; needs >= 3.10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "nanochat needs Python >= 3.10")'
+
+# Rust toolchain for the BPE trainer
+if ! command -v cargo >/dev/null 2>&1; then
+  say "installing cargo/rustc (apt)"
+  apt-get update -qq && apt-get install -y -qq cargo rustc >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip install -q --disable-pip-version-check)
+
+# torch: honour a local wheel folder (CPU build) so no multi-GB CUDA download is pulled in by accident
+WHEELS=${NANOCHAT_WHEELS:-}
+if [ -z "$WHEELS" ] && [ -d /opt/wheels ] && ls /opt/wheels/torch-*.whl >/dev/null 2>&1; then WHEELS=/opt/wheels; fi
+FIND=()
+[ -n "$WHEELS" ] && FIND=(--find-links "$WHEELS")
+if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
+  SPEC=${NANOCHAT_TORCH_SPEC:-torch}
+  if [ -n "$WHEELS" ] && [ -z "${NANOCHAT_TORCH_SPEC:-}" ]; then
+    SPEC="torch==$(ls "$WHEELS"/torch-*.whl | head -n1 | sed -E 's/.*torch-([0-9.]+)(\+[a-z0-9]+)?-.*/\1/')"
+  fi
+  say "installing $SPEC"
+  if [ -n "${NANOCHAT_TORCH_INDEX:-}" ]; then
+    "${PIP[@]}" "${FIND[@]}" --extra-index-url "$NANOCHAT_TORCH_INDEX" "$SPEC"
+  else
+    "${PIP[@]}" "${FIND[@]}" "$SPEC"
+  fi
+fi
+
+say "building the Rust BPE trainer (rustbpe/)"
+PYTHON_BIN="$PY" bash scripts/build_rustbpe.sh
+
+say "installing nanochat and its dependencies"
+"${PIP[@]}" "${FIND[@]}" -e ".[dev]"
+say "done: $("$PY" -c 'import torch, lightning, nanochat_rustbpe; print(f"torch {torch.__version__}, lightning {lightning.__version__}")')"
