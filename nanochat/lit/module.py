@@ -12,7 +12,7 @@ import lightning as L
 import torch
 
 from nanochat.gpt import GPT, GPTConfig
-from nanochat.optim import build_optimizer, lr_multiplier, muon_momentum
+from nanochat.optim import build_optimizer, lr_multiplier, update_muon_groups
 
 
 class NanochatLM(L.LightningModule):
@@ -20,14 +20,9 @@ class NanochatLM(L.LightningModule):
         self,
         model_config: dict,
         total_steps: int,
-        embedding_lr: float = 0.2,
-        unembedding_lr: float = 0.004,
-        matrix_lr: float = 0.02,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        warmdown_ratio: float = 0.2,
-        final_lr_frac: float = 0.0,
-        muon_momentum_warmup: int = 300,
+        optimizer: dict | None = None,
+        schedule: dict | None = None,
+        momentum: dict | None = None,
         compile: bool = False,
         init_weights_from: str | None = None,
     ):
@@ -66,28 +61,20 @@ class NanochatLM(L.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer):
-        # Muon momentum warms up 0.85 -> 0.95; global_step is the number of optimizer steps taken so far
-        momentum = muon_momentum(self.global_step, warmup=self.hparams.muon_momentum_warmup)
-        for group in optimizer.param_groups:
-            if group.get("kind") == "muon":
-                group["momentum"] = momentum
+        # Muon momentum warm-up (and the preset's weight-decay schedule); global_step = optimizer steps so far
+        update_muon_groups(optimizer, self.global_step, self.hparams.total_steps, **(self.hparams.momentum or {}))
 
     def configure_optimizers(self):
         h = self.hparams
-        optimizer = build_optimizer(
-            self.model,
-            embedding_lr=h.embedding_lr,
-            unembedding_lr=h.unembedding_lr,
-            matrix_lr=h.matrix_lr,
-            weight_decay=h.weight_decay,
-            d_model=self.config.n_embd,
-        )
+        kwargs = {"embedding_lr": 0.2, "unembedding_lr": 0.004, "matrix_lr": 0.02, **(h.optimizer or {})}
+        kwargs.setdefault("d_model", self.config.n_embd)
+        optimizer = build_optimizer(self.model, **kwargs)
         # total steps come from the config, never from trainer.estimated_stepping_batches (that would
         # iterate the train loader and can defeat the data-cursor restore)
-        total = h.total_steps
+        total, sched = h.total_steps, dict(h.schedule or {})
 
         def schedule(step):
-            return lr_multiplier(step, total, h.warmup_steps, h.warmdown_ratio, h.final_lr_frac)
+            return lr_multiplier(step, total, **sched)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

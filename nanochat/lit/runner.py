@@ -20,6 +20,11 @@ from nanochat.lit.callbacks import AtomicCheckpointIO, NonFiniteGuard, SampleGen
 from nanochat.lit.module import NanochatLM
 
 
+MODEL_SWITCHES = ("rope_base", "logit_softcap", "window_pattern", "value_embeds", "resid_scalars")
+PLAN_OVERRIDES = ("total_batch_tokens", "param_data_ratio", "embedding_lr", "unembedding_lr", "matrix_lr",
+                  "weight_decay")
+
+
 def world_size(hw) -> int:
     devices = hw.devices
     n = len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else int(devices)
@@ -27,19 +32,16 @@ def world_size(hw) -> int:
 
 
 def build_plan(cfg: DictConfig, vocab_size: int):
+    """The whole run derived from the depth (nanochat.scaling); null config values fall back to the preset."""
     m, hw, st = cfg.model, cfg.hardware, cfg.stage
-    model_cfg = scaling.model_config(
-        m.depth, vocab_size=vocab_size, seq_len=m.sequence_len, aspect_ratio=m.aspect_ratio, head_dim=m.head_dim,
-        n_kv_head=m.n_kv_head, rope_base=m.rope_base, logit_softcap=m.logit_softcap,
-        window_pattern=m.window_pattern, value_embeds=m.value_embeds,
-    )
+    switches = {k: m[k] for k in MODEL_SWITCHES if m.get(k) is not None}
+    overrides = {k: st[k] for k in PLAN_OVERRIDES if st.get(k) is not None}
     plan = scaling.plan(
-        model_cfg, device_batch_size=hw.device_batch_size, world_size=world_size(hw),
-        total_batch_tokens=st.total_batch_tokens, param_data_ratio=st.param_data_ratio,
-        num_iterations=st.num_iterations, matrix_lr=st.matrix_lr, embedding_lr=st.embedding_lr,
-        unembedding_lr=st.unembedding_lr,
+        m.depth, vocab_size=vocab_size, seq_len=m.sequence_len, device_batch_size=hw.device_batch_size,
+        world_size=world_size(hw), num_iterations=st.num_iterations, preset=m.preset,
+        aspect_ratio=m.aspect_ratio, head_dim=m.head_dim, n_kv_head=m.n_kv_head, **overrides, **switches,
     )
-    return model_cfg, plan
+    return plan.model, plan
 
 
 def resolve_ckpt_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
@@ -110,11 +112,12 @@ def run_training_stage(cfg: DictConfig) -> dict:
     )
     from dataclasses import asdict
 
+    schedule = plan.schedule_kwargs()
+    schedule.update({k: st[k] for k in schedule if st.get(k) is not None})
     module = NanochatLM(
-        model_config=asdict(model_cfg), total_steps=plan.num_steps, embedding_lr=st.embedding_lr,
-        unembedding_lr=st.unembedding_lr, matrix_lr=st.matrix_lr, weight_decay=st.weight_decay,
-        warmup_steps=st.warmup_steps, warmdown_ratio=st.warmdown_ratio, final_lr_frac=st.final_lr_frac,
-        muon_momentum_warmup=st.muon_momentum_warmup, compile=bool(hw.compile), init_weights_from=st.init_from,
+        model_config=asdict(model_cfg), total_steps=plan.num_steps, optimizer=plan.optimizer_kwargs(),
+        schedule=schedule, compile=bool(hw.compile), init_weights_from=st.init_from,
+        momentum={"warmup": plan.momentum_warmup, "start": plan.momentum_start, "end": plan.momentum_end},
     )
     module.token_bytes = tokenizer.token_bytes()
 

@@ -1,0 +1,359 @@
+"""Muon + AdamW as ONE torch.optim.Optimizer, and the schedules that drive it.
+
+Each param group carries `kind` ("muon" or "adamw"), so a single optimizer serves every parameter: a trainer's
+automatic optimization, gradient accumulation, gradient clipping, LR schedulers (via `initial_lr`) and LR
+monitors all work unchanged.
+
+AdamW (embeddings, lm_head, scalars): bias-corrected Adam with decoupled weight decay.
+
+Muon (2-D block matrices): Nesterov momentum on the gradient, then the update is replaced by an approximately
+orthogonal matrix of the same shape (5 quintic iterations in bf16), scaled by max(1, rows/cols)^0.5.
+- "newton_schulz" (v0): fixed coefficients (3.4445, -4.7750, 2.0315), input normalised by its Frobenius norm.
+- "polar_express" (Jan-2026): a different coefficient triple per iteration (Amsel et al., 2025), input
+  normalised by 1.02 x its Frobenius norm.
+Optional (Jan-2026): variance reduction in the style of NorMuon (a running second moment per row or column of
+the orthogonalised update, renormalised to keep the update's Frobenius norm), and cautious weight decay (decay
+only the entries where the update and the weight have the same sign).
+
+Under DDP the gradients are already averaged when `step()` runs; every rank computes the same update, so no
+extra communication is needed. (Sharded strategies such as FSDP would need a gather before orthogonalising.)
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import Tensor
+
+from nanochat.common import NanochatError
+
+# v0 Newton-Schulz quintic coefficients
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+# Polar Express coefficients for 5 iterations (safety factor 2e-2, cushion 2), from arXiv:2505.16932
+POLAR_EXPRESS_COEFFS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+
+ADAMW_DEFAULTS = dict(betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0)
+MUON_DEFAULTS = dict(
+    momentum=0.95,
+    nesterov=True,
+    ns_steps=5,
+    orthogonalizer="newton_schulz",
+    beta2=None,  # variance reduction off
+    weight_decay=0.0,  # cautious weight decay off
+    weight_decay_schedule="constant",
+)
+
+
+# -----------------------------------------------------------------------------------------------------------
+# orthogonalisation
+
+
+def newton_schulz(G: Tensor, steps: int = 5) -> Tensor:
+    """Approximately orthogonalise the last two dims of G (batched): U S' V^T with S' roughly in [0.5, 1.5].
+
+    Runs in bf16. Tall matrices are transposed so the Gram matrix is the small one.
+    """
+    a, b, c = NS_COEFFS
+    X = G.bfloat16()
+    tall = G.size(-2) > G.size(-1)
+    if tall:
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= Frobenius norm <= 1
+    for _ in range(steps):
+        A = X @ X.mT
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
+    if tall:
+        X = X.mT
+    return X
+
+
+def polar_express(G: Tensor, steps: int = 5) -> Tensor:
+    """Polar Express variant: per-iteration coefficients, bf16, batched over leading dims."""
+    if steps > len(POLAR_EXPRESS_COEFFS):
+        raise ValueError(f"polar_express supports at most {len(POLAR_EXPRESS_COEFFS)} steps, got {steps}")
+    X = G.bfloat16()
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-6)
+    tall = G.size(-2) > G.size(-1)
+    for a, b, c in POLAR_EXPRESS_COEFFS[:steps]:
+        if tall:
+            A = X.mT @ X
+            X = a * X + X @ (b * A + c * (A @ A))
+        else:
+            A = X @ X.mT
+            X = a * X + (b * A + c * (A @ A)) @ X
+    return X
+
+
+ORTHOGONALIZERS = {"newton_schulz": newton_schulz, "polar_express": polar_express}
+
+
+def _variance_reduce(update: Tensor, second_moment: Tensor, beta2: float) -> Tensor:
+    """NorMuon-style per-row (rows >= cols) or per-column normalisation that keeps the Frobenius norm."""
+    red_dim = -1 if update.size(-2) >= update.size(-1) else -2
+    u = update.float()
+    v_mean = u.square().mean(dim=red_dim, keepdim=True)
+    red_size = u.size(red_dim)
+    v_norm = (v_mean.sum(dim=(-2, -1), keepdim=True) * red_size).sqrt()
+    second_moment.lerp_(v_mean.to(second_moment.dtype), 1.0 - beta2)
+    step_size = second_moment.float().clamp_min(1e-10).rsqrt()
+    v_norm_new = ((v_mean * red_size) * step_size.square()).sum(dim=(-2, -1), keepdim=True).sqrt()
+    return u * (step_size * (v_norm / v_norm_new.clamp_min(1e-10)))
+
+
+# -----------------------------------------------------------------------------------------------------------
+# the optimizer
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """One optimizer, two update rules, chosen per param group by group["kind"].
+
+    AdamW groups: lr, betas, eps, weight_decay.
+    Muon groups: lr, momentum, nesterov, ns_steps, orthogonalizer, beta2 (None = no variance reduction),
+    weight_decay (cautious; scaled by lr like AdamW's), weight_decay_schedule ("constant" | "linear").
+    Every group keeps `initial_lr` (and Muon groups `initial_weight_decay`) so schedules multiply them.
+    """
+
+    def __init__(self, param_groups: list[dict]):
+        if isinstance(param_groups, torch.Tensor) or not all(isinstance(g, dict) for g in param_groups):
+            raise ValueError("MuonAdamW takes a list of param-group dicts, each with a 'kind' key")
+        super().__init__(param_groups, defaults={})
+
+    def add_param_group(self, param_group: dict) -> None:
+        kind = param_group.get("kind")
+        if kind not in ("muon", "adamw"):
+            raise ValueError(f"param group kind must be 'muon' or 'adamw', got {kind!r}")
+        if "lr" not in param_group:
+            raise ValueError("every MuonAdamW param group needs an 'lr'")
+        for key, value in (MUON_DEFAULTS if kind == "muon" else ADAMW_DEFAULTS).items():
+            param_group.setdefault(key, value)
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        if kind == "muon":
+            bad = [tuple(p.shape) for p in params if p.ndim < 2]
+            if bad:
+                raise ValueError(f"Muon needs matrices (ndim >= 2); got shapes {bad}")
+            if param_group["orthogonalizer"] not in ORTHOGONALIZERS:
+                raise ValueError(f"unknown orthogonalizer {param_group['orthogonalizer']!r}")
+            param_group.setdefault("initial_weight_decay", param_group["weight_decay"])
+        param_group.setdefault("initial_lr", param_group["lr"])
+        super().add_param_group(param_group)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if group["kind"] == "adamw":
+                self._step_adamw(group)
+            else:
+                self._step_muon(group)
+        return loss
+
+    def _step_adamw(self, group: dict) -> None:
+        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+            step = state["step"]
+            low = p.dtype in (torch.bfloat16, torch.float16)
+            w = p.float() if low else p
+            g = p.grad.float() if low else p.grad
+            m = state["exp_avg"].float() if low else state["exp_avg"]
+            v = state["exp_avg_sq"].float() if low else state["exp_avg_sq"]
+            if wd != 0:
+                w.mul_(1.0 - lr * wd)
+            m.lerp_(g, 1.0 - beta1)
+            v.lerp_(g.square(), 1.0 - beta2)
+            bias1 = 1.0 - beta1**step
+            bias2 = 1.0 - beta2**step
+            denom = (v / bias2).sqrt_().add_(eps)
+            w.addcdiv_(m, denom, value=-lr / bias1)
+            if low:
+                p.copy_(w)
+                state["exp_avg"].copy_(m)
+                state["exp_avg_sq"].copy_(v)
+
+    def _step_muon(self, group: dict) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        momentum, nesterov = group["momentum"], group["nesterov"]
+        updates = []
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            buf = state["momentum_buffer"]
+            g = p.grad.to(buf.dtype)
+            buf.lerp_(g, 1.0 - momentum)
+            updates.append(g.lerp(buf, momentum) if nesterov else buf.clone())  # never touches p.grad
+        # orthogonalise same-shaped matrices together (one batched matmul chain per shape)
+        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        for i, p in enumerate(params):
+            by_shape[tuple(p.shape)].append(i)
+        orthogonalize = ORTHOGONALIZERS[group["orthogonalizer"]]
+        for shape, idxs in by_shape.items():
+            ortho = orthogonalize(torch.stack([updates[i] for i in idxs]), group["ns_steps"])
+            for j, i in enumerate(idxs):
+                self._apply_muon(params[i], ortho[j], group)
+
+    def _apply_muon(self, p: Tensor, update: Tensor, group: dict) -> None:
+        state = self.state[p]
+        if group["beta2"] is not None:
+            if "second_momentum_buffer" not in state:
+                rows, cols = p.shape[-2], p.shape[-1]
+                shape = (*p.shape[:-1], 1) if rows >= cols else (*p.shape[:-2], 1, cols)
+                state["second_momentum_buffer"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+            update = _variance_reduce(update, state["second_momentum_buffer"], group["beta2"])
+        lr = group["lr"] * max(1.0, p.size(-2) / p.size(-1)) ** 0.5
+        wd = group["weight_decay"]
+        low = p.dtype in (torch.bfloat16, torch.float16)
+        w = p.float() if low else p
+        u = update.float()
+        if wd:
+            cautious = (u * w) >= 0  # decay only where the update pushes the weight towards zero
+            w.sub_(lr * u + (lr * wd) * w * cautious)
+        else:
+            w.sub_(lr * u)
+        if low:
+            p.copy_(w)
+
+
+# -----------------------------------------------------------------------------------------------------------
+# construction
+
+
+def build_optimizer(
+    model,
+    *,
+    embedding_lr: float,
+    unembedding_lr: float,
+    matrix_lr: float,
+    weight_decay: float = 0.0,
+    d_model: int,
+    scalar_lr: float = 0.5,
+    adam_betas: tuple[float, float] = (0.8, 0.95),
+    x0_betas: tuple[float, float] = (0.96, 0.95),
+    adam_eps: float = 1e-10,
+    muon_momentum: float = 0.95,
+    muon_ns_steps: int = 5,
+    muon_orthogonalizer: str = "newton_schulz",
+    muon_beta2: float | None = None,
+    muon_weight_decay: float = 0.0,
+    muon_weight_decay_schedule: str = "constant",
+    lr_scale: float = 1.0,
+) -> MuonAdamW:
+    """MuonAdamW over model.param_groups(), with the reference learning-rate rules.
+
+    AdamW lrs (embedding, lm_head, value embeddings) are multiplied by (d_model / 768)^-0.5; residual
+    scalars get scalar_lr * 0.01 and x0 scalars scalar_lr with betas x0_betas. Every lr is multiplied by
+    lr_scale (the late batch-size scaling; 1.0 by default). `weight_decay` is AdamW's (embedding, lm_head,
+    value embeddings); `muon_weight_decay` is Muon's cautious decay.
+    """
+    if muon_weight_decay_schedule not in ("constant", "linear"):
+        raise NanochatError(f"muon_weight_decay_schedule must be 'constant' or 'linear', got {muon_weight_decay_schedule!r}")
+    roles = model.param_groups()
+    seen = [id(p) for ps in roles.values() for p in ps]
+    if len(seen) != len(set(seen)) or len(seen) != len(list(model.parameters())):
+        raise NanochatError("model.param_groups() must list every parameter exactly once")
+    scale = (d_model / 768) ** -0.5
+    adamw = dict(kind="adamw", eps=adam_eps)
+    groups = [
+        dict(adamw, name="lm_head", params=roles["lm_head"], lr=unembedding_lr * scale * lr_scale,
+             betas=adam_betas, weight_decay=weight_decay),
+        dict(adamw, name="embedding", params=roles["embedding"], lr=embedding_lr * scale * lr_scale,
+             betas=adam_betas, weight_decay=weight_decay),
+    ]
+    if roles.get("value_embeds"):
+        groups.append(dict(adamw, name="value_embeds", params=roles["value_embeds"],
+                           lr=embedding_lr * scale * lr_scale, betas=adam_betas, weight_decay=weight_decay))
+    if roles.get("resid_scalars"):
+        groups.append(dict(adamw, name="resid_scalars", params=roles["resid_scalars"],
+                           lr=scalar_lr * 0.01 * lr_scale, betas=adam_betas, weight_decay=0.0))
+    if roles.get("x0_scalars"):
+        groups.append(dict(adamw, name="x0_scalars", params=roles["x0_scalars"],
+                           lr=scalar_lr * lr_scale, betas=x0_betas, weight_decay=0.0))
+    groups.append(dict(kind="muon", name="matrix", params=roles["matrix"], lr=matrix_lr * lr_scale,
+                       momentum=muon_momentum, ns_steps=muon_ns_steps, orthogonalizer=muon_orthogonalizer,
+                       beta2=muon_beta2, weight_decay=muon_weight_decay,
+                       weight_decay_schedule=muon_weight_decay_schedule))
+    return MuonAdamW([g for g in groups if g["params"]])
+
+
+# -----------------------------------------------------------------------------------------------------------
+# schedules
+
+
+def lr_multiplier(
+    step: int, total_steps: int, warmup_steps: int = 0, warmdown_ratio: float = 0.2, final_lr_frac: float = 0.0
+) -> float:
+    """Linear warmup over warmup_steps, constant, then linear warmdown over the last warmdown_ratio of the
+    run to final_lr_frac (v0: 0, 0.2, 0.0; Jan-2026: 0, 0.5, 0.0; later: 40, 0.65, 0.05)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    warmdown = round(warmdown_ratio * total_steps)
+    if warmdown <= 0 or step <= total_steps - warmdown:
+        return 1.0
+    progress = max(0.0, (total_steps - step) / warmdown)
+    return progress + (1.0 - progress) * final_lr_frac
+
+
+def muon_momentum(step: int, warmup: int = 300, start: float = 0.85, end: float = 0.95) -> float:
+    """Muon momentum rises linearly from start to end over the first `warmup` steps."""
+    frac = 1.0 if warmup <= 0 else min(step / warmup, 1.0)
+    return (1.0 - frac) * start + frac * end
+
+
+def weight_decay_multiplier(step: int, total_steps: int, schedule: str = "linear") -> float:
+    """Jan-2026 Muon weight decay: linear from 1 at step 0 to 0 at the end ("constant": always 1)."""
+    if schedule == "constant" or total_steps <= 0:
+        return 1.0
+    return max(0.0, 1.0 - step / total_steps)
+
+
+def update_muon_groups(
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    total_steps: int,
+    warmup: int = 300,
+    start: float = 0.85,
+    end: float = 0.95,
+) -> None:
+    """Set momentum and (scheduled) weight decay of every Muon group for the coming step."""
+    momentum = muon_momentum(step, warmup, start, end)
+    for group in optimizer.param_groups:
+        if group.get("kind") != "muon":
+            continue
+        group["momentum"] = momentum
+        base = group.get("initial_weight_decay", group.get("weight_decay", 0.0))
+        group["weight_decay"] = base * weight_decay_multiplier(
+            step, total_steps, group.get("weight_decay_schedule", "constant")
+        )
+
+
+__all__ = [
+    "MuonAdamW",
+    "build_optimizer",
+    "lr_multiplier",
+    "muon_momentum",
+    "newton_schulz",
+    "polar_express",
+    "update_muon_groups",
+    "weight_decay_multiplier",
+]

@@ -1,0 +1,84 @@
+"""kill -9 during training, resume with ckpt_path=last: final weights equal an uninterrupted run's, bit for bit."""
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import ROOT, env_for, run_train, tiny_train_overrides, train_cmd, write_text_corpus
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from nanochat.tokenizer import Tokenizer
+
+    root = tmp_path_factory.mktemp("resume")
+    corpus = write_text_corpus(root / "corpus", n_files=6, words=1500)
+    tok_dir = root / "tok"
+    Tokenizer.byte_level().save(tok_dir)
+    return root, corpus, tok_dir
+
+
+def _weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "model" / "model.pt", map_location="cpu")
+
+
+def test_kill9_then_resume_is_bit_exact(setup):
+    root, corpus, tok_dir = setup
+    steps = 8
+    ref = run_train(tiny_train_overrides("ref", corpus, tok_dir, steps), root)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    # interrupted run: SIGKILL once the checkpoint of a random step has landed
+    kill_after = random.Random().randint(1, steps - 2)
+    ckpt_dir = root / "outputs" / "crash" / "checkpoints"
+    proc = subprocess.Popen(train_cmd(tiny_train_overrides("crash", corpus, tok_dir, steps)), cwd=ROOT,
+                            env=env_for(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    target = ckpt_dir / f"step{kill_after:06d}.ckpt"
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (root / "outputs" / "crash" / "model" / "model.pt").exists(), "run finished before it was killed"
+    assert (ckpt_dir / "last.ckpt").exists()
+
+    resumed = run_train(tiny_train_overrides("crash", corpus, tok_dir, steps, ckpt_path="last"), root)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    a, b = _weights(root / "outputs" / "ref"), _weights(root / "outputs" / "crash")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume (killed after step {kill_after})"
+
+
+def test_fresh_run_refuses_to_overwrite_checkpoints(setup):
+    root, corpus, tok_dir = setup
+    ckpt = root / "outputs" / "guarded" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "last.ckpt").write_bytes(b"precious")
+    proc = run_train(tiny_train_overrides("guarded", corpus, tok_dir, 2), root)
+    assert proc.returncode == 1
+    assert "ckpt_path=last" in proc.stderr.strip().splitlines()[-1]
+    assert (ckpt / "last.ckpt").read_bytes() == b"precious"
+
+
+def test_corrupt_checkpoint_is_one_clear_line(setup):
+    root, corpus, tok_dir = setup
+    ckpt = root / "outputs" / "corrupt" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "last.ckpt").write_bytes(b"not a checkpoint")
+    proc = run_train(tiny_train_overrides("corrupt", corpus, tok_dir, 2, ckpt_path="last"), root)
+    assert proc.returncode == 1
+    assert "corrupt" in proc.stderr.strip().splitlines()[-1]
+    assert (ckpt / "last.ckpt").read_bytes() == b"not a checkpoint"
+
+
+def test_missing_tokenizer_is_one_clear_line(setup, tmp_path):
+    root, corpus, _ = setup
+    proc = run_train(tiny_train_overrides("notok", corpus, tmp_path / "nothing", 2), root)
+    assert proc.returncode == 1
+    assert "tokenizer" in proc.stderr.strip().splitlines()[-1]
