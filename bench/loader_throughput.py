@@ -187,8 +187,8 @@ def main() -> None:
     from nanochat.tokenizer import Tokenizer
 
     tok = Tokenizer.load(tok_dir)
-    print(f"tokenizer: {tok_dir} (vocab {tok.vocab_size:,}); batch {args.batch_size} x {args.seq_len}, buffer {args.buffer_docs} docs, "
-          f"{args.tokens:,} tokens per run, {reps} rep(s)")
+    print(f"tokenizer: {tok_dir} (vocab {tok.vocab_size:,}); batch {args.batch_size} x {args.seq_len}, "
+          f"buffer {args.buffer_docs} docs, {args.tokens:,} tokens per run, {reps} rep(s)")
     max_cores = len(os.sched_getaffinity(0))
     results = {}
     for data, data_dir in (("sample", ""), ("fineweb", str(fw))):

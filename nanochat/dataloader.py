@@ -11,8 +11,8 @@ Pipeline (one background thread per iteration, bounded prefetch):
 3. *Packing* rows of ``T+1`` tokens from a buffer of up to ``buffer_docs`` documents (refilled at the start of
    every row, and inside a row if it runs dry): repeatedly place the *largest* buffered document that fits the
    space left in the row; when none fits, the *shortest* buffered document fills the rest of the row and its
-   tail is dropped (counted as cropped). A document longer than a whole row is cropped to ``T+1`` tokens when it enters the buffer (its tail
-   is counted as cropped; it then fills a row by itself). So every row starts with BOS, no token is lost except
+   tail is dropped (counted as cropped). A document longer than a whole row is cropped to ``T+1`` tokens when
+   it enters the buffer (its tail is counted as cropped; it then fills a row by itself). So every row starts with BOS, no token is lost except
    the counted crops, and the output is a deterministic function of the data.
 4. ``inputs = row[:-1]``, ``targets = row[1:]`` as ``(B, T)`` int64 tensors.
 
@@ -28,6 +28,7 @@ import bisect
 import queue
 import threading
 from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 import torch
@@ -43,32 +44,44 @@ Encoder = Callable[[list[str]], list[list[int]]]
 
 
 def _make_encoder(tokenizer: Any, bos_token_id: int | None, threads: int) -> tuple[Encoder, int]:
-    """Adapt a nanochat Tokenizer (encode(list, prepend=, num_threads=)) or a raw tiktoken Encoding."""
+    """A function texts -> BOS-prefixed token lists, for a nanochat Tokenizer or a raw tiktoken Encoding.
+
+    With several threads the texts are cut into one contiguous slice per thread and encoded by a persistent
+    pool (tiktoken releases the GIL while encoding), which costs less than one task per document.
+    """
     if hasattr(tokenizer, "encode_ordinary_batch"):  # tiktoken.Encoding
         bos = bos_token_id if bos_token_id is not None else tokenizer.eot_token
+        plain = tokenizer.encode_ordinary
 
-        def encode(texts: list[str]) -> list[list[int]]:
-            if threads <= 1:
-                rows = [tokenizer.encode_ordinary(t) for t in texts]
-            else:
-                rows = tokenizer.encode_ordinary_batch(texts, num_threads=threads)
-            for r in rows:
-                r.insert(0, bos)
-            return rows
+        def one(text: str) -> list[int]:
+            ids = plain(text)
+            ids.insert(0, bos)
+            return ids
+    else:
+        if bos_token_id is None:
+            bos_token_id = getattr(tokenizer, "bos_token_id", None)
+        if bos_token_id is None:
+            raise NanochatError("tokenizer has no BOS token id")
+        bos = int(bos_token_id)
 
-        return encode, bos
-    if bos_token_id is None:
-        bos_token_id = getattr(tokenizer, "bos_token_id", None)
-        if bos_token_id is None and hasattr(tokenizer, "get_bos_token_id"):
-            bos_token_id = tokenizer.get_bos_token_id()
-    if bos_token_id is None:
-        raise NanochatError("tokenizer has no BOS token id")
-    bos = int(bos_token_id)
+        def one(text: str) -> list[int]:
+            return tokenizer.encode(text, prepend=bos)
+
+    def encode_slice(texts: list[str]) -> list[list[int]]:
+        return [one(t) for t in texts]
+
+    if threads <= 1:
+        return encode_slice, bos
+    pool: list[ThreadPoolExecutor] = []
 
     def encode(texts: list[str]) -> list[list[int]]:
-        if threads <= 1:  # no thread pool: one call per document is cheaper
-            return [tokenizer.encode(t, prepend=bos) for t in texts]
-        return tokenizer.encode(texts, prepend=bos, num_threads=threads)
+        if len(texts) < 2 * threads:
+            return encode_slice(texts)
+        if not pool:
+            pool.append(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nanochat-tokenize"))
+        step = -(-len(texts) // threads)
+        parts = pool[0].map(encode_slice, [texts[i: i + step] for i in range(0, len(texts), step)])
+        return [ids for part in parts for ids in part]
 
     return encode, bos
 

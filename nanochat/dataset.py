@@ -402,11 +402,15 @@ def local_source(path: str | os.PathLike, val_fraction: float = 0.05, val_file: 
 
 def fineweb_source(dir: str | os.PathLike | None = None, num_shards: int | None = None, download: bool = False,
                    base_url: str = FINEWEB_BASE_URL, workers: int = 4, total_shards: int = FINEWEB_TOTAL_SHARDS,
-                   **download_kwargs) -> Source:
-    """FineWeb-EDU shards in `dir`: training shards 0..num_shards-1 (default: all present), validation = last.
+                   download_workers: int | None = None, **download_kwargs) -> Source:
+    """FineWeb-EDU shards in `dir` (default <base dir>/base_data): training shards 0..num_shards-1 (default: all
+    present), validation = the last shard of the dataset.
 
-    With download=True the missing shards (and the validation shard) are fetched first.
+    With download=True the missing shards (and the validation shard) are fetched first (`download_workers` is an
+    alias of `workers`).
     """
+    if download_workers is not None:
+        workers = download_workers
     folder = fineweb_dir(dir)
     val_index = total_shards - 1
     if download:
@@ -444,7 +448,8 @@ _ALIASES = {"fineweb_edu": "fineweb_edu", "fineweb-edu": "fineweb_edu", "fineweb
 def get_source(name: str, **cfg: Any) -> Source:
     """Build a source from a config: name in {fineweb_edu, local, sample} plus that source's keyword options.
 
-    fineweb_edu: dir, num_shards, download, base_url, workers, total_shards, retries, backoff, timeout
+    fineweb_edu: dir, num_shards, download, base_url, workers (or download_workers), total_shards, retries,
+                 backoff, timeout
     local:       path, val_fraction, val_file
     sample:      dir
     Unknown keys are an error; None values are ignored (so a Hydra group can list every key).

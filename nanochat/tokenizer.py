@@ -256,6 +256,12 @@ class Tokenizer:
             self._token_bytes = torch.tensor(lengths, dtype=torch.int32)
         return self._token_bytes.clone()
 
+    def __getstate__(self):
+        return {"mergeable_ranks": self._ranks, "pattern": self.pattern}
+
+    def __setstate__(self, state):
+        self.__init__(state["mergeable_ranks"], state["pattern"])
+
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, pattern={self.pattern[:24]!r}...)"
 

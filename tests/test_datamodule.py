@@ -166,3 +166,8 @@ def test_ddp_two_ranks_resume(corpus, tmp_path):
         assert len(full) == len(resumed) == 6
         assert all(torch.equal(a, b) for a, b in zip(full, resumed))
     assert not torch.equal(torch.load(tmp_path / "full.rank0.pt")[0], torch.load(tmp_path / "full.rank1.pt")[0])
+
+
+def test_val_tokens_sets_steps(corpus):
+    dm = datamodule(corpus, val_tokens=5 * B * T)
+    assert len(dm.val_dataloader()) == 5 and len(list(dm.val_dataloader())) == 5

@@ -180,3 +180,11 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
     assert main(["frobnicate"]) == 1
     assert main(["info", f"dir={tmp_path}"]) == 0
     assert "training shards" in capsys.readouterr().out
+
+
+def test_fineweb_config_keys_are_accepted(tmp_path):
+    for i in (0, 4):
+        write_parquet(tmp_path / shard_name(i), docs_for(str(i), 3))
+    src = get_source("fineweb_edu", dir=str(tmp_path), num_shards=1, total_shards=5, download_workers=2,
+                     base_url="http://127.0.0.1:9")
+    assert len(src.files("train")) == 1

@@ -125,6 +125,24 @@ def test_same_result_for_any_buffer_size():
     assert train((d for d in docs), 420) == want
 
 
+def test_same_result_for_any_thread_count():
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import nanochat_rustbpe as rb\n"
+        "docs = [f'doc {i}: alpha beta {i * 31} gamma, delta; {i % 11}' for i in range(500)]\n"
+        "print(','.join(bytes(t).hex() for t, _ in rb.train_from_iterator(docs, 450, buffer_size=50)))\n"
+    )
+    docs = [f"doc {i}: alpha beta {i * 31} gamma, delta; {i % 11}" for i in range(500)]
+    want = ",".join(t.hex() for t in train(docs, 450))
+    for threads in ("1", "3"):
+        env = dict(os.environ, RAYON_NUM_THREADS=threads)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == want
+
+
 def test_matches_registry_rustbpe():
     ref = pytest.importorskip("rustbpe")
     docs = [f"line {i}: some words repeat, some words don't; {i * i}\n" for i in range(300)]

@@ -111,6 +111,11 @@ def test_save_load_identity(tok, tmp_path):
     assert tk.get_tokenizer(tmp_path / "t").encode(text) == tok.encode(text)
 
 
+def test_pickle_round_trip(tok):
+    copy = pickle.loads(pickle.dumps(tok))
+    assert copy.encode(CORPUS[2]) == tok.encode(CORPUS[2]) and copy.vocab_size == tok.vocab_size
+
+
 def test_default_location(tok, tmp_path, monkeypatch):
     monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path / "base"))
     assert tk.default_tokenizer_dir() == tmp_path / "base" / "tokenizer"

@@ -51,14 +51,17 @@ class NanochatDataModule(L.LightningDataModule):
         batch_size, seq_len: device batch size and sequence length.
         val_batch_size: defaults to batch_size.
         val_steps: batches per validation run (cycling the val split if needed, identical on every rank); None =
-            one pass over this rank's share of the val split.
+            one pass over this rank's share of the val split (ranks may then get different counts: prefer val_steps
+            or val_tokens with DDP).
+        val_tokens: alternatively, tokens per validation run across all ranks; val_steps =
+            max(1, val_tokens // (val_batch_size * seq_len * world_size)).
         buffer_docs, tokenizer_threads, prefetch: passed to `PackingLoader`.
     """
 
     def __init__(self, source: str | Source = "sample", source_cfg: dict | None = None, tokenizer: Any = None,
                  batch_size: int = 8, seq_len: int = 2048, val_batch_size: int | None = None,
-                 val_steps: int | None = None, buffer_docs: int = 1000, tokenizer_threads: int = 4,
-                 prefetch: int = 4):
+                 val_steps: int | None = None, val_tokens: int | None = None, buffer_docs: int = 1000,
+                 tokenizer_threads: int = 4, prefetch: int = 4):
         super().__init__()
         self.source_name = source if isinstance(source, str) else source.name
         self._source = source if isinstance(source, Source) else None
@@ -68,6 +71,7 @@ class NanochatDataModule(L.LightningDataModule):
         self.seq_len = seq_len
         self.val_batch_size = val_batch_size or batch_size
         self.val_steps = val_steps
+        self.val_tokens = val_tokens
         self.loader_kwargs = {"buffer_docs": buffer_docs, "tokenizer_threads": tokenizer_threads,
                               "prefetch": prefetch}
         self.train_loader: PackingLoader | None = None
@@ -131,6 +135,8 @@ class NanochatDataModule(L.LightningDataModule):
             return []
         rank, world = self._rank_world()
         steps = self.val_steps
+        if steps is None and self.val_tokens:
+            steps = max(1, int(self.val_tokens) // (self.val_batch_size * self.seq_len * world))
 
         def make() -> PackingLoader:
             return PackingLoader(self.source, self._tokenizer(), self.val_batch_size, self.seq_len, split="val",

@@ -1,16 +1,20 @@
 //! BPE merges over counted unique chunks ("words").
 //!
 //! Words are stored flat as token ids and shrink in place as merges happen.
-//! For every pair we keep its total count and the list of words it may occur in
-//! (entries can go stale; a stale word simply contains no occurrence). Merge
-//! candidates live in a max-heap with lazy invalidation: a popped entry whose
-//! count is out of date is pushed back with its current count. A pair's count
-//! can only grow during the merge step that creates it, so heap entries are
-//! always upper bounds and the first up-to-date entry popped is the true best.
+//! For every pair we keep its total count and the sorted list of words it may
+//! occur in, as a slice of one shared arena (entries can go stale; a stale word
+//! simply contains no occurrence). Merging a pair only visits its words and
+//! updates the counts of the neighbouring pairs. Merge candidates live in a
+//! max-heap with lazy invalidation: a popped entry whose count is out of date is
+//! pushed back with its current count. A pair's count can only grow during the
+//! merge step that creates it, so heap entries are always upper bounds and the
+//! first up-to-date entry popped is the true best.
 //!
 //! Rule for choosing a merge: highest count; ties go to the smallest pair
 //! (left id, then right id). A pair whose concatenated bytes already form a
-//! token is skipped for good, so every token's bytes are unique.
+//! token is skipped for good, so the exported ranks are always unique. (With
+//! greedy left-to-right merging this cannot actually happen; the check is a
+//! cheap safeguard for the tiktoken export.)
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -43,11 +47,9 @@ impl std::fmt::Display for TrainError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TrainError::EmptyCorpus => write!(f, "empty corpus: the texts produced no chunks to train on"),
-            TrainError::TooSmall { reached, wanted } => write!(
-                f,
-                "corpus too small for vocab_size {}: no pairs left to merge after {} tokens",
-                wanted, reached
-            ),
+            TrainError::TooSmall { reached, wanted } => {
+                write!(f, "corpus too small for vocab_size {}: no pairs left to merge after {} tokens", wanted, reached)
+            }
         }
     }
 }
@@ -135,10 +137,8 @@ impl Trainer {
         let n_words = self.len.len();
         let parts = (rayon::current_num_threads() * 2).max(1);
         let step = (n_words + parts - 1) / parts;
-        let ranges: Vec<(usize, usize)> = (0..parts)
-            .map(|p| (p * step, ((p + 1) * step).min(n_words)))
-            .filter(|r| r.0 < r.1)
-            .collect();
+        let ranges: Vec<(usize, usize)> =
+            (0..parts).map(|p| (p * step, ((p + 1) * step).min(n_words))).filter(|r| r.0 < r.1).collect();
         let (ids, start, len, wcount) = (&self.ids, &self.start, &self.len, &self.wcount);
         let word_pairs = |w: usize| {
             let s = &ids[start[w]..start[w] + len[w] as usize];
@@ -151,9 +151,9 @@ impl Trainer {
                 let mut counts = vec![0i64; BYTE_PAIRS];
                 let mut words = vec![0u32; BYTE_PAIRS];
                 let mut last = vec![u32::MAX; BYTE_PAIRS];
-                for w in lo..hi {
+                for (w, &c) in wcount.iter().enumerate().take(hi).skip(lo) {
                     for pid in word_pairs(w) {
-                        counts[pid] += wcount[w];
+                        counts[pid] += c;
                         if last[pid] != w as u32 {
                             last[pid] = w as u32;
                             words[pid] += 1;
@@ -524,9 +524,8 @@ mod tests {
         let letters = ["a", "b", "c", "ab", " ", "é", "x", "\n", "1", "."];
         for round in 0..150 {
             let n_docs = 1 + rng.below(5);
-            let docs: Vec<String> = (0..n_docs)
-                .map(|_| (0..rng.below(60)).map(|_| letters[rng.below(letters.len())]).collect())
-                .collect();
+            let docs: Vec<String> =
+                (0..n_docs).map(|_| (0..rng.below(60)).map(|_| letters[rng.below(letters.len())]).collect()).collect();
             let refs: Vec<&str> = docs.iter().map(|s| s.as_str()).collect();
             let vocab = 256 + rng.below(40);
             let got = train_texts(&refs, vocab);
@@ -565,7 +564,8 @@ mod tests {
 
     #[test]
     fn deterministic_across_threads() {
-        let texts: Vec<String> = (0..400).map(|i| format!("token {} and {} more words, {}x{}", i, i * 7, i % 13, i % 5)).collect();
+        let texts: Vec<String> =
+            (0..400).map(|i| format!("token {} and {} more words, {}x{}", i, i * 7, i % 13, i % 5)).collect();
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {

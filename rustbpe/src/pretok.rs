@@ -13,10 +13,12 @@
 use std::sync::OnceLock;
 
 /// GPT-4 split pattern (numbers in groups of up to three digits).
-pub const GPT4_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
+pub const GPT4_PATTERN: &str =
+    r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
 
 /// Later nanochat variant of the GPT-4 pattern (numbers in groups of up to two digits).
-pub const GPT4_PATTERN_LATE: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
+pub const GPT4_PATTERN_LATE: &str =
+    r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
 
 // Per-character flags.
 const LETTER: u8 = 1; // \p{L}
@@ -35,6 +37,9 @@ struct CharTable {
     ascii: [u8; 128],
     blocks: Vec<OnceLock<Box<[u8; 256]>>>,
     classes: Vec<(regex::Regex, u8)>,
+    // Union of the contraction letters: the per-letter classes are only run on
+    // blocks where this matches something.
+    any_contraction_letter: regex::Regex,
 }
 
 impl CharTable {
@@ -49,11 +54,15 @@ impl CharTable {
             (r"(?i:e)+", C_E),
             (r"(?i:r)+", C_R),
         ];
-        let classes = classes
-            .iter()
-            .map(|(pat, bit)| (regex::Regex::new(pat).expect("character class regex"), *bit))
-            .collect();
-        let mut table = CharTable { ascii: [0; 128], blocks: (0..0x1100).map(|_| OnceLock::new()).collect(), classes };
+        let classes =
+            classes.iter().map(|(pat, bit)| (regex::Regex::new(pat).expect("character class regex"), *bit)).collect();
+        let any_contraction_letter = regex::Regex::new(r"(?i:[sdmtlver])").expect("character class regex");
+        let mut table = CharTable {
+            ascii: [0; 128],
+            blocks: (0..0x1100).map(|_| OnceLock::new()).collect(),
+            classes,
+            any_contraction_letter,
+        };
         let first = table.classify_block(0);
         table.ascii.copy_from_slice(&first[..128]);
         table
@@ -68,7 +77,11 @@ impl CharTable {
                 text.push(ch);
             }
         }
+        let contractions = self.any_contraction_letter.is_match(&text);
         for (re, bit) in self.classes.iter() {
+            if *bit >= C_SDMT && !contractions {
+                continue;
+            }
             for m in re.find_iter(&text) {
                 for ch in m.as_str().chars() {
                     flags[(ch as u32 & 0xFF) as usize] |= *bit;
@@ -104,10 +117,7 @@ fn decode(b: &[u8], i: usize) -> (u32, usize) {
     } else if b0 < 0xE0 {
         (((b0 & 0x1F) << 6) | (b[i + 1] as u32 & 0x3F), 2)
     } else if b0 < 0xF0 {
-        (
-            ((b0 & 0x0F) << 12) | ((b[i + 1] as u32 & 0x3F) << 6) | (b[i + 2] as u32 & 0x3F),
-            3,
-        )
+        (((b0 & 0x0F) << 12) | ((b[i + 1] as u32 & 0x3F) << 6) | (b[i + 2] as u32 & 0x3F), 3)
     } else {
         (
             ((b0 & 0x07) << 18)
@@ -130,6 +140,7 @@ fn decode(b: &[u8], i: usize) -> (u32, usize) {
 ///  5. `\s*[\r\n]`   (up to and including the last CR/LF of the whitespace run)
 ///  6. `\s+(?!\S)`   (the run minus its last character, or all of it at the end)
 ///  7. `\s+`
+///
 /// Every character is a letter, a number, whitespace or "other", and each kind
 /// is matched by some alternative, so the chunks tile the text exactly.
 pub struct Gpt4Scanner {
@@ -389,12 +400,89 @@ pub(crate) mod tests {
     // several scripts and other numbers, all kinds of whitespace, punctuation,
     // symbols and emoji.
     const ALPHABET: &[&str] = &[
-        "'", "'", "'", "s", "S", "\u{17F}", "d", "D", "m", "t", "T", "l", "L", "v", "V", "e", "E",
-        "r", "R", "a", "z", "Q", "é", "ß", "Ж", "ж", "λ", "中", "文", "ア", "한", "ع", "א", "ह",
-        "\u{301}", "\u{93F}", "\u{200D}", "0", "1", "9", "٣", "५", "²", "½", "Ⅻ", "𝟗", " ", " ", " ",
-        "\t", "\n", "\n", "\r", "\r\n", "\u{B}", "\u{C}", "\u{85}", "\u{A0}", "\u{2028}", "\u{3000}",
-        "\u{200B}", ".", ",", "!", "?", "-", "_", "(", ")", "\"", "#", "$", "€", "+", "=", "😀", "👍🏽",
-        "🇫🇷", "\u{0}", "\u{7F}", "\u{FEFF}", "\u{10FFFF}", "\u{E000}",
+        "'",
+        "'",
+        "'",
+        "s",
+        "S",
+        "\u{17F}",
+        "d",
+        "D",
+        "m",
+        "t",
+        "T",
+        "l",
+        "L",
+        "v",
+        "V",
+        "e",
+        "E",
+        "r",
+        "R",
+        "a",
+        "z",
+        "Q",
+        "é",
+        "ß",
+        "Ж",
+        "ж",
+        "λ",
+        "中",
+        "文",
+        "ア",
+        "한",
+        "ع",
+        "א",
+        "ह",
+        "\u{301}",
+        "\u{93F}",
+        "\u{200D}",
+        "0",
+        "1",
+        "9",
+        "٣",
+        "५",
+        "²",
+        "½",
+        "Ⅻ",
+        "𝟗",
+        " ",
+        " ",
+        " ",
+        "\t",
+        "\n",
+        "\n",
+        "\r",
+        "\r\n",
+        "\u{B}",
+        "\u{C}",
+        "\u{85}",
+        "\u{A0}",
+        "\u{2028}",
+        "\u{3000}",
+        "\u{200B}",
+        ".",
+        ",",
+        "!",
+        "?",
+        "-",
+        "_",
+        "(",
+        ")",
+        "\"",
+        "#",
+        "$",
+        "€",
+        "+",
+        "=",
+        "😀",
+        "👍🏽",
+        "🇫🇷",
+        "\u{0}",
+        "\u{7F}",
+        "\u{FEFF}",
+        "\u{10FFFF}",
+        "\u{E000}",
     ];
 
     fn random_text(rng: &mut Rng, max_len: usize) -> String {
@@ -466,10 +554,7 @@ pub(crate) mod tests {
     fn known_splits() {
         let s = Splitter::new(GPT4_PATTERN).unwrap();
         let got = s.split("Hello world's 12345 x!!\n\n  foo\tbar  ").unwrap();
-        assert_eq!(
-            got,
-            vec!["Hello", " world", "'s", " ", "123", "45", " x", "!!\n\n", " ", " foo", "\tbar", "  "]
-        );
+        assert_eq!(got, vec!["Hello", " world", "'s", " ", "123", "45", " x", "!!\n\n", " ", " foo", "\tbar", "  "]);
         let late = Splitter::new(GPT4_PATTERN_LATE).unwrap();
         assert_eq!(late.split("12345").unwrap(), vec!["12", "34", "5"]);
         assert_eq!(s.split("").unwrap(), Vec::<String>::new());
