@@ -21,6 +21,15 @@ if ! command -v cargo >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq cargo rustc >/dev/null
 fi
 
+# Rust crates: from crates.io when it is reachable, else from Debian's packaged crates (offline machines)
+if ! "$PYTHON" -c 'import urllib.request; urllib.request.urlopen("https://index.crates.io/config.json", timeout=5)' >/dev/null 2>&1; then
+  if ! ls -d /usr/share/cargo/registry/pyo3-0.* >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    say "crates.io unreachable: installing Debian's Rust crates (apt)"
+    apt-get update -qq && apt-get install -y -qq librust-pyo3-dev librust-rayon-dev librust-fancy-regex-dev \
+      librust-ahash-dev librust-indexmap-dev librust-regex-dev >/dev/null
+  fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV"
   "$PYTHON" -m venv "$VENV"
@@ -47,7 +56,8 @@ if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
 fi
 
 say "building the Rust BPE trainer (rustbpe/)"
-PYTHON_BIN="$PY" bash scripts/build_rustbpe.sh
+"${PIP[@]}" "maturin>=1.0,<2.0"
+PYTHON="$PY" bash scripts/build_rustbpe.sh
 
 say "installing nanochat and its dependencies"
 "${PIP[@]}" "${FIND[@]}" -e ".[dev]"

@@ -123,11 +123,12 @@ def run_training_stage(cfg: DictConfig) -> dict:
 
     throughput = ThroughputMFU(plan.flops_per_token, plan.total_batch_tokens, hw.peak_flops)
     samples = SampleGenerations(tokenizer, list(st.sample_prompts), every=st.sample_every, max_tokens=st.sample_tokens)
+    logger = make_logger(cfg, out)
     callbacks = [
         NonFiniteGuard(),
         throughput,
         samples,
-        LearningRateMonitor(logging_interval="step"),
+        *([LearningRateMonitor(logging_interval="step")] if logger else []),
         TQDMProgressBar(refresh_rate=1),
         ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step:06d}", auto_insert_metric_name=False,
                         every_n_train_steps=st.save_every, save_top_k=1, save_last=True),
@@ -138,7 +139,7 @@ def run_training_stage(cfg: DictConfig) -> dict:
         precision=hw.precision, max_steps=plan.num_steps, accumulate_grad_batches=plan.grad_accum,
         gradient_clip_val=st.grad_clip, val_check_interval=st.eval_every * plan.grad_accum,
         check_val_every_n_epoch=None, limit_val_batches=val_batches, num_sanity_val_steps=0,
-        logger=make_logger(cfg, out), callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
         default_root_dir=str(out), log_every_n_steps=1, enable_model_summary=False,
     )
     t0 = time.time()
