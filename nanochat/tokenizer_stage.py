@@ -16,7 +16,13 @@ PATTERNS = {"v0": "GPT4_PATTERN", "late": "GPT4_PATTERN_LATE"}
 def resolve_pattern(pattern: str) -> str:
     import nanochat_rustbpe
 
-    return getattr(nanochat_rustbpe, PATTERNS[pattern]) if pattern in PATTERNS else pattern
+    if pattern in PATTERNS:
+        return getattr(nanochat_rustbpe, PATTERNS[pattern])
+    try:  # fail before reading any data
+        nanochat_rustbpe.split("", pattern)
+    except ValueError as e:
+        raise NanochatError(f"invalid split pattern {pattern!r}: {e}") from None
+    return pattern
 
 
 def _counting(texts, bar):

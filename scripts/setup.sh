@@ -34,7 +34,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-PY="$VENV/bin/python"
+PY="$(cd "$VENV" && pwd)/bin/python"
 PIP=("$PY" -m pip install -q --disable-pip-version-check)
 
 # torch: honour a local wheel folder (CPU build) so no multi-GB CUDA download is pulled in by accident

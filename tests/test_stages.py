@@ -1,0 +1,109 @@
+"""End-to-end stage behaviour through train.py: tokenizer stage, base sweeps, bad input -> one clear line."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import run_train, tiny_train_overrides, write_text_corpus
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from nanochat.tokenizer import Tokenizer
+
+    root = tmp_path_factory.mktemp("stages")
+    corpus = write_text_corpus(root / "corpus", n_files=6, words=800)
+    tok_dir = root / "tok"
+    Tokenizer.byte_level().save(tok_dir)
+    return root, corpus, tok_dir
+
+
+def last_line(proc) -> str:
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    return lines[-1] if lines else ""
+
+
+def tok_args(root, corpus, **extra):
+    args = {"stage": "tokenizer", "data": "local", "data.path": str(corpus), "data.val_fraction": 0.34,
+            "stage.vocab_size": 300, "hydra.run.dir": str(root / "outputs" / "tok")}
+    args.update(extra)
+    return [f"{k}={v}" for k, v in args.items()]
+
+
+def test_tokenizer_stage_trains_saves_and_reports(env):
+    root, corpus, _ = env
+    proc = run_train(tok_args(root, corpus), root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "bytes per token" in proc.stdout
+    from nanochat.tokenizer import Tokenizer
+
+    latest = Tokenizer.load(root / "tokenizer")  # the stable location later stages read
+    run_copy = Tokenizer.load(root / "outputs" / "tok" / "tokenizer")
+    text = (corpus / "doc_000.txt").read_text()
+    assert latest.vocab_size == 300 and latest.encode(text) == run_copy.encode(text)
+    assert len(latest.encode(text)) < len(text.encode())  # merges really compress
+    report = json.loads((root / "outputs" / "tok" / "tokenizer_report.json").read_text())
+    assert report["compression"]["nanochat"][1] > 1.0
+
+
+@pytest.mark.parametrize("override,needle", [
+    ({"stage.vocab_size": 100}, "vocab"),
+    ({"stage.pattern": "'(unclosed'"}, "pattern"),
+    ({"data.path": "/nonexistent/corpus"}, "/nonexistent/corpus"),
+])
+def test_tokenizer_stage_bad_input_keeps_previous_tokenizer(env, override, needle):
+    root, corpus, _ = env
+    latest = root / "tokenizer" / "tokenizer.pkl"
+    before = latest.read_bytes() if latest.exists() else None
+    proc = run_train(tok_args(root, corpus, **{"hydra.run.dir": str(root / "outputs" / "bad"), **override}), root)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    line = last_line(proc)
+    assert line.startswith("error:") and needle in line.lower(), proc.stderr[-2000:]
+    if before is not None:
+        assert latest.read_bytes() == before
+
+
+def test_tokenizer_stage_empty_corpus(env, tmp_path):
+    root, _, _ = env
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_train(tok_args(root, empty, **{"hydra.run.dir": str(tmp_path / "out")}), root)
+    assert proc.returncode == 1 and last_line(proc).startswith("error:"), proc.stderr[-2000:]
+
+
+def test_non_dividing_batch_is_one_clear_line(env):
+    root, corpus, tok_dir = env
+    proc = run_train(tiny_train_overrides("nodiv", corpus, tok_dir, 2, **{"hardware.total_batch_tokens": 1000}), root)
+    assert proc.returncode == 1
+    line = last_line(proc)
+    assert line.startswith("error:") and ("1,000" in line or "1000" in line), proc.stderr[-2000:]
+
+
+def test_multirun_sweep_gives_each_job_its_own_folder(env):
+    root, corpus, tok_dir = env
+    args = [a for a in tiny_train_overrides("sweep", corpus, tok_dir, 2) if not a.startswith(("model.depth", "run_name", "hydra.run"))]
+    proc = run_train(["-m", "model.depth=1,2", f"hydra.sweep.dir={root / 'sweep'}", *args], root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights = sorted((root / "sweep").glob("*/model/model.pt"))
+    assert len(weights) == 2
+    widths = {torch.load(w)["transformer.wte.weight"].shape[1] for w in weights}
+    assert widths == {64, 128}
+
+
+def test_trained_model_loads_without_hydra_or_lightning(env):
+    root, corpus, tok_dir = env
+    proc = run_train(tiny_train_overrides("load", corpus, tok_dir, 3), root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from nanochat.checkpoint import load_model
+
+    run = root / "outputs" / "load"
+    model, tok, meta = load_model(run / "model")
+    assert meta["stage"] == "base" and meta["steps"] == 3
+    ids = tok.encode("the quick", prepend="<|bos|>")
+    assert len(list(model.generate(ids, max_tokens=3, temperature=0.0))) == 3
+    model2, _, _ = load_model(run / "checkpoints" / "last.ckpt")
+    for (k, a), (_, b) in zip(model.state_dict().items(), model2.state_dict().items()):
+        assert torch.equal(a, b), k
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["val_bpb"] > 0 and summary["tok_per_s"] > 0
