@@ -145,6 +145,8 @@ def test_same_result_for_any_thread_count():
 
 def test_matches_registry_rustbpe():
     ref = pytest.importorskip("rustbpe")
+    if not hasattr(ref, "Tokenizer"):  # only the repo's rustbpe/ folder seen as a namespace package
+        pytest.skip("the reference rustbpe package is not installed (pip install '.[bench]')")
     docs = [f"line {i}: some words repeat, some words don't; {i * i}\n" for i in range(300)]
     tok = ref.Tokenizer()
     tok.train_from_iterator(iter(docs), 500)

@@ -145,8 +145,11 @@ def run_training_stage(cfg: DictConfig) -> dict:
     t0 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     fit_s = time.time() - t0
-    val = trainer.validate(module, datamodule=dm, verbose=False)
-    val_bpb = float(val[0]["val/bpb"]) if val else float("nan")
+    if plan.num_steps % st.eval_every == 0 and "val/bpb" in trainer.callback_metrics:
+        val_bpb = float(trainer.callback_metrics["val/bpb"])  # the last in-training evaluation was at the end
+    else:
+        val = trainer.validate(module, datamodule=dm, verbose=False)
+        val_bpb = float(val[0]["val/bpb"]) if val else float("nan")
 
     summary = {"stage": st.name, "steps": trainer.global_step, "val_bpb": val_bpb, "fit_seconds": fit_s}
     if throughput.history:
