@@ -8,26 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ROOT, env_for, run_train, tiny_train_overrides, train_cmd, write_text_corpus
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from nanochat.tokenizer import Tokenizer
-
-    root = tmp_path_factory.mktemp("resume")
-    corpus = write_text_corpus(root / "corpus", n_files=6, words=1500)
-    tok_dir = root / "tok"
-    Tokenizer.byte_level().save(tok_dir)
-    return root, corpus, tok_dir
+from tests.helpers import ROOT, env_for, run_train, tiny_train_overrides, train_cmd
 
 
 def _weights(run_dir: Path) -> dict:
     return torch.load(run_dir / "model" / "model.pt", map_location="cpu")
 
 
-def test_kill9_then_resume_is_bit_exact(setup):
-    root, corpus, tok_dir = setup
+def test_kill9_then_resume_is_bit_exact(tiny_env):
+    root, corpus, tok_dir = tiny_env
     steps = 8
     ref = run_train(tiny_train_overrides("ref", corpus, tok_dir, steps), root)
     assert ref.returncode == 0, ref.stderr[-3000:]
@@ -55,8 +44,8 @@ def test_kill9_then_resume_is_bit_exact(setup):
         assert torch.equal(a[k], b[k]), f"{k} differs after resume (killed after step {kill_after})"
 
 
-def test_fresh_run_refuses_to_overwrite_checkpoints(setup):
-    root, corpus, tok_dir = setup
+def test_fresh_run_refuses_to_overwrite_checkpoints(tiny_env):
+    root, corpus, tok_dir = tiny_env
     ckpt = root / "outputs" / "guarded" / "checkpoints"
     ckpt.mkdir(parents=True)
     (ckpt / "last.ckpt").write_bytes(b"precious")
@@ -66,8 +55,8 @@ def test_fresh_run_refuses_to_overwrite_checkpoints(setup):
     assert (ckpt / "last.ckpt").read_bytes() == b"precious"
 
 
-def test_corrupt_checkpoint_is_one_clear_line(setup):
-    root, corpus, tok_dir = setup
+def test_corrupt_checkpoint_is_one_clear_line(tiny_env):
+    root, corpus, tok_dir = tiny_env
     ckpt = root / "outputs" / "corrupt" / "checkpoints"
     ckpt.mkdir(parents=True)
     (ckpt / "last.ckpt").write_bytes(b"not a checkpoint")
@@ -77,8 +66,8 @@ def test_corrupt_checkpoint_is_one_clear_line(setup):
     assert (ckpt / "last.ckpt").read_bytes() == b"not a checkpoint"
 
 
-def test_missing_tokenizer_is_one_clear_line(setup, tmp_path):
-    root, corpus, _ = setup
+def test_missing_tokenizer_is_one_clear_line(tiny_env, tmp_path):
+    root, corpus, _ = tiny_env
     proc = run_train(tiny_train_overrides("notok", corpus, tmp_path / "nothing", 2), root)
     assert proc.returncode == 1
     assert "tokenizer" in proc.stderr.strip().splitlines()[-1]

@@ -5,18 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import run_train, tiny_train_overrides, write_text_corpus
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    from nanochat.tokenizer import Tokenizer
-
-    root = tmp_path_factory.mktemp("stages")
-    corpus = write_text_corpus(root / "corpus", n_files=6, words=800)
-    tok_dir = root / "tok"
-    Tokenizer.byte_level().save(tok_dir)
-    return root, corpus, tok_dir
+from tests.helpers import run_train, tiny_train_overrides
 
 
 def last_line(proc) -> str:
@@ -31,8 +20,8 @@ def tok_args(root, corpus, **extra):
     return [f"{k}={v}" for k, v in args.items()]
 
 
-def test_tokenizer_stage_trains_saves_and_reports(env):
-    root, corpus, _ = env
+def test_tokenizer_stage_trains_saves_and_reports(tiny_env):
+    root, corpus, _ = tiny_env
     proc = run_train(tok_args(root, corpus), root)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "bytes per token" in proc.stdout
@@ -52,8 +41,8 @@ def test_tokenizer_stage_trains_saves_and_reports(env):
     ({"stage.pattern": "'(unclosed'"}, "pattern"),
     ({"data.path": "/nonexistent/corpus"}, "/nonexistent/corpus"),
 ])
-def test_tokenizer_stage_bad_input_keeps_previous_tokenizer(env, override, needle):
-    root, corpus, _ = env
+def test_tokenizer_stage_bad_input_keeps_previous_tokenizer(tiny_env, override, needle):
+    root, corpus, _ = tiny_env
     latest = root / "tokenizer" / "tokenizer.pkl"
     before = latest.read_bytes() if latest.exists() else None
     proc = run_train(tok_args(root, corpus, **{"hydra.run.dir": str(root / "outputs" / "bad"), **override}), root)
@@ -64,24 +53,24 @@ def test_tokenizer_stage_bad_input_keeps_previous_tokenizer(env, override, needl
         assert latest.read_bytes() == before
 
 
-def test_tokenizer_stage_empty_corpus(env, tmp_path):
-    root, _, _ = env
+def test_tokenizer_stage_empty_corpus(tiny_env, tmp_path):
+    root, _, _ = tiny_env
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = run_train(tok_args(root, empty, **{"hydra.run.dir": str(tmp_path / "out")}), root)
     assert proc.returncode == 1 and last_line(proc).startswith("error:"), proc.stderr[-2000:]
 
 
-def test_non_dividing_batch_is_one_clear_line(env):
-    root, corpus, tok_dir = env
+def test_non_dividing_batch_is_one_clear_line(tiny_env):
+    root, corpus, tok_dir = tiny_env
     proc = run_train(tiny_train_overrides("nodiv", corpus, tok_dir, 2, **{"hardware.total_batch_tokens": 1000}), root)
     assert proc.returncode == 1
     line = last_line(proc)
     assert line.startswith("error:") and ("1,000" in line or "1000" in line), proc.stderr[-2000:]
 
 
-def test_multirun_sweep_gives_each_job_its_own_folder(env):
-    root, corpus, tok_dir = env
+def test_multirun_sweep_gives_each_job_its_own_folder(tiny_env):
+    root, corpus, tok_dir = tiny_env
     args = [a for a in tiny_train_overrides("sweep", corpus, tok_dir, 2) if not a.startswith(("model.depth", "run_name", "hydra.run"))]
     proc = run_train(["-m", "model.depth=1,2", f"hydra.sweep.dir={root / 'sweep'}", *args], root, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -91,8 +80,8 @@ def test_multirun_sweep_gives_each_job_its_own_folder(env):
     assert widths == {64, 128}
 
 
-def test_trained_model_loads_without_hydra_or_lightning(env):
-    root, corpus, tok_dir = env
+def test_trained_model_loads_without_hydra_or_lightning(tiny_env):
+    root, corpus, tok_dir = tiny_env
     proc = run_train(tiny_train_overrides("load", corpus, tok_dir, 3), root)
     assert proc.returncode == 0, proc.stderr[-2000:]
     from nanochat.checkpoint import load_model
