@@ -69,6 +69,10 @@ def make_logger(cfg: DictConfig, out: Path):
     if lg.name == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise NanochatError("logger=wandb needs the wandb package: pip install 'nanochat[wandb]'") from None
         if lg.get("offline"):
             os.environ["WANDB_MODE"] = "offline"
         return WandbLogger(project=lg.project, name=cfg.run_name, save_dir=str(out), offline=bool(lg.get("offline")))
