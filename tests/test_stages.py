@@ -96,3 +96,22 @@ def test_trained_model_loads_without_hydra_or_lightning(tiny_env):
         assert torch.equal(a, b), k
     summary = json.loads((run / "summary.json").read_text())
     assert summary["val_bpb"] > 0 and summary["tok_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path):
+    """Lightning DDP (gloo) through train.py: two ranks, the plan's accumulation accounts for both."""
+    from nanochat.tokenizer import Tokenizer
+
+    Tokenizer.byte_level().save(tmp_path / "tok")
+    args = [f"{k}={v}" for k, v in {
+        "hardware": "cpu", "hardware.devices": 2, "hardware.strategy": "ddp", "tokenizer_dir": tmp_path / "tok",
+        "model.depth": 2, "hardware.seq_len": 64, "hardware.device_batch_size": 4,
+        "hardware.total_batch_tokens": 1024, "hardware.num_iterations": 4, "hardware.eval_every": 2,
+        "hardware.eval_tokens": 512, "hardware.sample_every": 0, "logger": "none", "hydra.run.dir": tmp_path / "out",
+    }.items()]
+    proc = run_train(args, tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "grad accumulation" in proc.stdout.lower() or "accum" in proc.stdout.lower()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["val_bpb"] > 0

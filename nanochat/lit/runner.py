@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -86,6 +87,8 @@ def run_training_stage(cfg: DictConfig) -> dict:
 
     out = run_dir()
     hw, st = cfg.hardware, cfg.stage
+    for name in ("lightning.pytorch", "lightning.fabric"):  # Lightning has its own handler; Hydra's would repeat it
+        logging.getLogger(name).propagate = False
     if hw.get("num_threads"):
         torch.set_num_threads(int(hw.num_threads))
     if hw.accelerator == "gpu" and not torch.cuda.is_available():
