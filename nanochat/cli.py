@@ -21,7 +21,8 @@ def detect_hardware() -> str:
         import torch
 
         if torch.cuda.is_available():
-            return "h100"
+            # GB10 is the DGX Spark's GPU; any other GPU gets the single-H100 profile
+            return "dgx_spark" if "GB10" in torch.cuda.get_device_name(0) else "h100"
     except Exception:
         pass
     return "cpu"

@@ -115,3 +115,13 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert "grad accumulation" in proc.stdout.lower() or "accum" in proc.stdout.lower()
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["val_bpb"] > 0
+
+
+def test_wandb_offline_logger(tiny_env, tmp_path):
+    pytest.importorskip("wandb")
+    root, corpus, tok_dir = tiny_env
+    run = tmp_path / "wb"
+    args = [a for a in tiny_train_overrides("wb", corpus, tok_dir, 2) if not a.startswith(("logger=", "hydra.run"))]
+    proc = run_train([*args, "logger=wandb", "logger.offline=true", f"hydra.run.dir={run}"], root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert list((run / "wandb").glob("offline-run-*/run-*.wandb"))

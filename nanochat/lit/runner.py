@@ -91,8 +91,6 @@ def run_training_stage(cfg: DictConfig) -> dict:
         logging.getLogger(name).propagate = False
     if hw.get("num_threads"):
         torch.set_num_threads(int(hw.num_threads))
-    if hw.accelerator == "gpu" and not torch.cuda.is_available():
-        raise NanochatError(f"hardware={hw.name} needs a CUDA GPU but none is visible; use hardware=cpu or hardware=auto")
 
     # the run folder keeps its own copy of the tokenizer so it stays loadable after a new tokenizer is trained
     run_tok = out / "tokenizer"
@@ -105,8 +103,10 @@ def run_training_stage(cfg: DictConfig) -> dict:
 
     model_cfg, plan = build_plan(cfg, tokenizer.vocab_size)
     print(plan.describe(peak_flops=hw.peak_flops), flush=True)
-    if cfg.get("plan_only"):
+    if cfg.plan_only:
         return {"plan": plan}
+    if hw.accelerator == "gpu" and not torch.cuda.is_available():
+        raise NanochatError(f"hardware={hw.name} needs a CUDA GPU but none is visible; use hardware=cpu or hardware=auto")
     tokenizer.save(run_tok)
     atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
 
