@@ -136,7 +136,7 @@ def run_training_stage(cfg: DictConfig) -> dict:
         throughput,
         samples,
         *([LearningRateMonitor(logging_interval="step")] if logger else []),
-        TQDMProgressBar(refresh_rate=1),
+        TQDMProgressBar(refresh_rate=plan.grad_accum),  # one refresh per optimizer step
         ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step:06d}", auto_insert_metric_name=False,
                         every_n_train_steps=st.save_every, save_top_k=1, save_last=True),
     ]
