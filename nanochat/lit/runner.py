@@ -80,6 +80,16 @@ def make_logger(cfg: DictConfig, out: Path):
     return CSVLogger(save_dir=str(out), name="logs", version="")
 
 
+def _point_triton_at_cuda_ptxas() -> None:
+    """GB10 (sm_121) needs CUDA 13's ptxas; Triton's bundled one may predate it."""
+    if os.environ.get("TRITON_PTXAS_PATH") or "GB10" not in torch.cuda.get_device_name(0):
+        return
+    cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    ptxas = Path(cuda_home) / "bin" / "ptxas"
+    if ptxas.exists():
+        os.environ["TRITON_PTXAS_PATH"] = str(ptxas)
+
+
 def run_training_stage(cfg: DictConfig) -> dict:
     from nanochat.checkpoint import export_model
     from nanochat.lit.datamodule import NanochatDataModule
@@ -107,6 +117,8 @@ def run_training_stage(cfg: DictConfig) -> dict:
         return {"plan": plan}
     if hw.accelerator == "gpu" and not torch.cuda.is_available():
         raise NanochatError(f"hardware={hw.name} needs a CUDA GPU but none is visible; use hardware=cpu or hardware=auto")
+    if hw.accelerator == "gpu" and hw.compile:
+        _point_triton_at_cuda_ptxas()
     tokenizer.save(run_tok)
     atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
 
