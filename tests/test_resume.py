@@ -37,7 +37,7 @@ def test_kill9_then_resume_is_bit_exact(tiny_env):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (root / "outputs" / "crash" / "model" / "model.pt").exists(), "run finished before it was killed"
-    assert (ckpt_dir / "last.ckpt").exists()
+    assert list(ckpt_dir.glob("*.ckpt"))  # last.ckpt, or only the step file when killed between the two writes
 
     resumed = run_train(tiny_train_overrides("crash", corpus, tok_dir, steps, ckpt_path="last"), root)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -75,3 +75,25 @@ def test_missing_tokenizer_is_one_clear_line(tiny_env, tmp_path):
     proc = run_train(tiny_train_overrides("notok", corpus, tmp_path / "nothing", 2), root)
     assert proc.returncode == 1
     assert "tokenizer" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_ckpt_path_last_takes_the_newest_complete_checkpoint(tmp_path):
+    """Killed between writing step<N>.ckpt and its copy last.ckpt: resume from the step file."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    from nanochat.common import NanochatError
+    from nanochat.lit.runner import resolve_ckpt_path
+
+    cfg = OmegaConf.create({"ckpt_path": "last"})
+    with pytest.raises(NanochatError, match="no checkpoint"):
+        resolve_ckpt_path(cfg, tmp_path)
+    (tmp_path / "step000001.ckpt").write_bytes(b"1")
+    assert resolve_ckpt_path(cfg, tmp_path).endswith("step000001.ckpt")
+    (tmp_path / "last.ckpt").write_bytes(b"1")
+    os.utime(tmp_path / "last.ckpt", ns=(2_000_000_000, 2_000_000_000))
+    (tmp_path / "step000002.ckpt").write_bytes(b"2")
+    os.utime(tmp_path / "step000002.ckpt", ns=(3_000_000_000, 3_000_000_000))
+    os.utime(tmp_path / "step000001.ckpt", ns=(1_000_000_000, 1_000_000_000))
+    assert resolve_ckpt_path(cfg, tmp_path).endswith("step000002.ckpt")

@@ -53,10 +53,11 @@ def resolve_ckpt_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
                 f"{ckpt_dir} already holds checkpoints; resume with ckpt_path=last or start another run with run_name=...")
         return None
     if cfg.ckpt_path == "last":
-        last = ckpt_dir / "last.ckpt"
-        if not last.exists():
-            raise NanochatError(f"ckpt_path=last but {last} does not exist (nothing to resume in this run folder)")
-        return str(last)
+        if not existing:
+            raise NanochatError(f"ckpt_path=last but {ckpt_dir} holds no checkpoint (nothing to resume in this run folder)")
+        # every file is complete (atomic writes); a crash between writing step<N>.ckpt and its copy last.ckpt
+        # leaves the step file newest, so take the most recently written one
+        return str(max(existing, key=lambda p: p.stat().st_mtime_ns))
     path = Path(cfg.ckpt_path)
     if not path.exists():
         raise NanochatError(f"checkpoint not found: {path}")
