@@ -82,7 +82,6 @@ def load_model(path, device: str | torch.device = "cpu", tokenizer: bool = True)
     with torch.device("meta"):
         model = GPT(GPTConfig(**config))
     model.to_empty(device=device)
-    model.init_weights()  # buffers (rotary tables) that are not in the state dict
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

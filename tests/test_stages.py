@@ -91,6 +91,11 @@ def test_trained_model_loads_without_hydra_or_lightning(tiny_env):
     assert meta["stage"] == "base" and meta["steps"] == 3
     ids = tok.encode("the quick", prepend="<|bos|>")
     assert len(list(model.generate(ids, max_tokens=3, temperature=0.0))) == 3
+    from nanochat.gpt import GPT
+
+    fresh = GPT(model.config)
+    fresh.init_weights()
+    assert torch.equal(model.cos, fresh.cos) and torch.equal(model.sin, fresh.sin)  # rotary tables rebuilt on load
     model2, _, _ = load_model(run / "checkpoints" / "last.ckpt")
     for (k, a), (_, b) in zip(model.state_dict().items(), model2.state_dict().items()):
         assert torch.equal(a, b), k

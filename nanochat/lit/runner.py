@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
+import statistics
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -130,8 +131,6 @@ def run_training_stage(cfg: DictConfig) -> dict:
         buffer_docs=cfg.data.loader.buffer_docs, tokenizer_threads=cfg.data.loader.tokenizer_threads,
         val_tokens=st.eval_tokens,
     )
-    from dataclasses import asdict
-
     schedule = plan.schedule_kwargs()
     schedule.update({k: st[k] for k in schedule if st.get(k) is not None})
     module = NanochatLM(
@@ -173,9 +172,9 @@ def run_training_stage(cfg: DictConfig) -> dict:
 
     summary = {"stage": st.name, "steps": trainer.global_step, "val_bpb": val_bpb, "fit_seconds": fit_s}
     if throughput.history:
-        rates = sorted(r for _, r, _ in throughput.history[1:] or throughput.history)
-        mfus = sorted(m for _, _, m in throughput.history[1:] or throughput.history)
-        summary.update(tok_per_s=rates[len(rates) // 2], mfu=mfus[len(mfus) // 2])
+        steady = throughput.history[1:] or throughput.history  # the first step includes one-off warm-up
+        summary.update(tok_per_s=statistics.median(r for _, r, _ in steady),
+                       mfu=statistics.median(m for _, _, m in steady))
     summary["samples"] = samples.samples
     if trainer.is_global_zero:
         model_dir = export_model(module.model, tokenizer, out / "model", meta={"stage": st.name, **summary})
