@@ -73,16 +73,22 @@ def _experiment_sets_hardware(argv: list[str]) -> bool:
     return False
 
 
-def open_source(data_cfg):
-    """The document source a `data=` config group describes (sample, fineweb_edu, local)."""
+def source_options(data_cfg) -> tuple[str, dict]:
+    """(source name, get_source options) from a `data=` config group (sample, fineweb_edu, local)."""
     from omegaconf import OmegaConf
-
-    from nanochat.dataset import get_source
 
     opts = OmegaConf.to_container(data_cfg, resolve=True)
     name = opts.pop("name")
     for key in ("tokenizer", "loader"):  # consumed by the stages, not by the source
         opts.pop(key, None)
+    return name, opts
+
+
+def open_source(data_cfg):
+    """The document source a `data=` config group describes (downloading missing shards if it says so)."""
+    from nanochat.dataset import get_source
+
+    name, opts = source_options(data_cfg)
     return get_source(name, **opts)
 
 

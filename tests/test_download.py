@@ -284,3 +284,26 @@ def test_cli(server, tmp_path, capsys):
     assert proc.returncode == 1
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
     assert len(lines) == 1 and "404" in lines[0], proc.stderr
+
+
+def test_base_stage_fetches_what_the_run_needs(server, tmp_path):
+    """data=fineweb_edu through train.py: the data module downloads the configured shards (+ validation), then
+    trains on them."""
+    from nanochat.tokenizer import Tokenizer
+    from tests.helpers import run_train
+
+    Tokenizer.byte_level().save(tmp_path / "tok")
+    shards = tmp_path / "shards"
+    args = [f"{k}={v}" for k, v in {
+        "hardware": "cpu", "data": "fineweb_edu", "data.base_url": server.url, "data.dir": shards,
+        "data.num_shards": 2, "+data.total_shards": 6, "+data.retries": 2, "+data.backoff": 0.001,
+        "tokenizer_dir": tmp_path / "tok", "model.depth": 1, "hardware.seq_len": 64,
+        "hardware.device_batch_size": 2, "hardware.total_batch_tokens": 128, "hardware.num_iterations": 2,
+        "hardware.eval_every": 2, "hardware.eval_tokens": 128, "hardware.sample_every": 0, "logger": "none",
+        "hydra.run.dir": tmp_path / "run",
+    }.items()]
+    proc = run_train(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in shards.glob("*.parquet")) == [shard_name(0), shard_name(1), shard_name(5)]
+    assert_clean(shards)
+    assert (tmp_path / "run" / "model" / "model.pt").exists()

@@ -105,7 +105,9 @@ class NanochatDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self._source is None and self.source_cfg.get("download") and self.source_name.startswith("fineweb"):
-            cfg = self.source_cfg
+            cfg = dict(self.source_cfg)
+            if cfg.get("workers") is None and cfg.get("download_workers") is not None:
+                cfg["workers"] = cfg["download_workers"]  # the data config's name for it
             keys = ("base_url", "workers", "retries", "backoff", "timeout", "total_shards")
             download_shards(int(cfg["num_shards"]), directory=cfg.get("dir"),
                             **{k: cfg[k] for k in keys if cfg.get(k) is not None})

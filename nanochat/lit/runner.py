@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from nanochat import scaling
-from nanochat.cli import open_source, run_dir
+from nanochat.cli import run_dir, source_options
 from nanochat.common import NanochatError, atomic_write_bytes
 from nanochat.lit.callbacks import AtomicCheckpointIO, NonFiniteGuard, SampleGenerations, ThroughputMFU
 from nanochat.lit.module import NanochatLM
@@ -125,9 +125,10 @@ def run_training_stage(cfg: DictConfig) -> dict:
     atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
 
     L.seed_everything(cfg.seed, verbose=False)
-    source = open_source(cfg.data)
+    # the data module builds the source itself so a download happens once per node (prepare_data), not per rank
+    source_name, source_cfg = source_options(cfg.data)
     dm = NanochatDataModule(
-        source=source, tokenizer=tokenizer, batch_size=hw.device_batch_size, seq_len=model_cfg.sequence_len,
+        source=source_name, source_cfg=source_cfg, tokenizer=tokenizer, batch_size=hw.device_batch_size, seq_len=model_cfg.sequence_len,
         buffer_docs=cfg.data.loader.buffer_docs, tokenizer_threads=cfg.data.loader.tokenizer_threads,
         val_tokens=st.eval_tokens,
     )
