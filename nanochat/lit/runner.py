@@ -33,7 +33,7 @@ def world_size(hw) -> int:
     return n * int(hw.num_nodes)
 
 
-def build_plan(cfg: DictConfig, vocab_size: int):
+def build_plan(cfg: DictConfig, vocab_size: int) -> scaling.Plan:
     """The whole run derived from the depth (nanochat.scaling); null config values fall back to the preset."""
     m, hw, st = cfg.model, cfg.hardware, cfg.stage
     switches = {k: m[k] for k in MODEL_SWITCHES if m.get(k) is not None}
@@ -43,7 +43,7 @@ def build_plan(cfg: DictConfig, vocab_size: int):
         world_size=world_size(hw), num_iterations=st.num_iterations, preset=m.preset,
         aspect_ratio=m.aspect_ratio, head_dim=m.head_dim, n_kv_head=m.n_kv_head, **overrides, **switches,
     )
-    return plan.model, plan
+    return plan
 
 
 def resolve_ckpt_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
@@ -113,7 +113,8 @@ def run_training_stage(cfg: DictConfig) -> dict:
     ckpt_dir = out / "checkpoints"
     ckpt_path = resolve_ckpt_path(cfg, ckpt_dir)
 
-    model_cfg, plan = build_plan(cfg, tokenizer.vocab_size)
+    plan = build_plan(cfg, tokenizer.vocab_size)
+    model_cfg = plan.model
     print(plan.describe(peak_flops=hw.peak_flops), flush=True)
     if cfg.plan_only:
         return {"plan": plan}
@@ -128,9 +129,9 @@ def run_training_stage(cfg: DictConfig) -> dict:
     # the data module builds the source itself so a download happens once per node (prepare_data), not per rank
     source_name, source_cfg = source_options(cfg.data)
     dm = NanochatDataModule(
-        source=source_name, source_cfg=source_cfg, tokenizer=tokenizer, batch_size=hw.device_batch_size, seq_len=model_cfg.sequence_len,
-        buffer_docs=cfg.data.loader.buffer_docs, tokenizer_threads=cfg.data.loader.tokenizer_threads,
-        val_tokens=st.eval_tokens,
+        source=source_name, source_cfg=source_cfg, tokenizer=tokenizer, batch_size=hw.device_batch_size,
+        seq_len=model_cfg.sequence_len, buffer_docs=cfg.data.loader.buffer_docs,
+        tokenizer_threads=cfg.data.loader.tokenizer_threads, val_tokens=st.eval_tokens,
     )
     schedule = plan.schedule_kwargs()
     schedule.update({k: st[k] for k in schedule if st.get(k) is not None})
@@ -153,12 +154,11 @@ def run_training_stage(cfg: DictConfig) -> dict:
         ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step:06d}", auto_insert_metric_name=False,
                         every_n_train_steps=st.save_every, save_top_k=1, save_last=True),
     ]
-    val_batches = max(1, st.eval_tokens // (hw.device_batch_size * model_cfg.sequence_len * world_size(hw)))
     trainer = L.Trainer(
         accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.num_nodes, strategy=hw.strategy,
         precision=hw.precision, max_steps=plan.num_steps, accumulate_grad_batches=plan.grad_accum,
         gradient_clip_val=st.grad_clip, val_check_interval=st.eval_every * plan.grad_accum,
-        check_val_every_n_epoch=None, limit_val_batches=val_batches, num_sanity_val_steps=0,
+        check_val_every_n_epoch=None, num_sanity_val_steps=0,  # val length: the data module's val_tokens
         logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
         default_root_dir=str(out), log_every_n_steps=1, enable_model_summary=False,
     )
