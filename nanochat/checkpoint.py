@@ -89,3 +89,59 @@ def load_model(path, device: str | torch.device = "cpu", tokenizer: bool = True)
     model.eval()
     tok = Tokenizer.load(tok_dir) if tokenizer else None
     return model, tok, meta
+
+
+# -- finding models -----------------------------------------------------------------------------------------
+STAGE_ORDER = ("tokenizer", "base", "mid", "sft", "rl")  # pipeline order; later stages start from earlier ones
+TRAIN_HINT = {
+    "base": "python train.py stage=base",
+    "mid": "python train.py stage=mid",
+    "sft": "python train.py stage=sft",
+    "rl": "python train.py stage=rl",
+}
+
+
+def outputs_dir() -> Path:
+    """Root of the run folders (`outputs/<stage>/<run_name>/`): $NANOCHAT_OUTPUTS, else ./outputs."""
+    import os
+
+    return Path(os.environ.get("NANOCHAT_OUTPUTS", "outputs"))
+
+
+def latest_model_dir(stage: str, root: Path | None = None) -> Path | None:
+    """The most recently written complete model folder of a stage (outputs/<stage>/*/model), or None."""
+    root = outputs_dir() if root is None else Path(root)
+    candidates = [p for p in (root / stage).glob("*/model") if (p / "config.json").exists() and (p / "model.pt").exists()]
+    candidates += [p for p in (root / stage).glob("multirun/*/model")
+                   if (p / "config.json").exists() and (p / "model.pt").exists()]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (p / "model.pt").stat().st_mtime_ns)
+
+
+def resolve_model_path(spec: str | None = None, prefer: tuple[str, ...] = ("rl", "sft", "mid", "base"),
+                       root: Path | None = None) -> Path:
+    """A model folder or .ckpt from `spec`: a path, `latest:<stage>`, or None (newest of `prefer`, in order).
+
+    Raises a NanochatError that names the command to train the missing model.
+    """
+    if spec is not None and not str(spec).startswith("latest"):
+        path = Path(spec)
+        if not path.exists():
+            raise NanochatError(f"no model at {path}")
+        if path.is_dir() and not (path / "config.json").exists() and (path / "model" / "config.json").exists():
+            path = path / "model"  # a run folder: its exported model
+        return path
+    stages = prefer
+    if spec is not None and ":" in str(spec):
+        stage = str(spec).split(":", 1)[1]
+        if stage not in TRAIN_HINT:
+            raise NanochatError(f"unknown stage in {spec!r}; use latest:base, latest:mid, latest:sft or latest:rl")
+        stages = (stage,)
+    for stage in stages:
+        found = latest_model_dir(stage, root)
+        if found is not None:
+            return found
+    first = stages[-1] if spec is None else stages[0]
+    where = (outputs_dir() if root is None else Path(root)).resolve()
+    raise NanochatError(f"no trained {'/'.join(stages)} model under {where}; train one with `{TRAIN_HINT[first]}`")
