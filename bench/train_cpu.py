@@ -38,8 +38,8 @@ def main():
     for depth in args.depths:
         name = f"bench_d{depth}"
         run(["hardware=cpu", f"model.depth={depth}", f"hardware.num_iterations={args.steps}", "logger=none",
-             f"run_name={name}", f"hydra.run.dir={out / name}", "hardware.sample_every=0",
-             f"hardware.eval_every={args.steps}", *args.extra])
+             f"run_name={name}", f"hydra.run.dir={out / name}", "stage.sample_every=0",
+             f"stage.eval_every={args.steps}", *args.extra])
         s = json.loads((out / name / "summary.json").read_text())
         tokens = args.steps * 8192
         print(f"train_cpu d{depth}: {s['tok_per_s']:,.0f} tok/s, MFU {100 * s['mfu']:.1f}%, "

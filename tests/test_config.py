@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from nanochat.cli import CONF_DIR, group_choices, prepare_argv
+from nanochat.stages.cli import CONF_DIR, group_choices, prepare_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,7 +59,7 @@ def test_experiments_and_debug_compose(hydra_compose):
 
 
 def test_auto_is_resolved_before_hydra(monkeypatch):
-    monkeypatch.setattr("nanochat.cli.detect_hardware", lambda: "cpu")
+    monkeypatch.setattr("nanochat.stages.cli.detect_hardware", lambda: "cpu")
     argv = ["train.py", "stage=base"]
     prepare_argv(argv, "train")
     assert argv[-1] == "hardware=cpu"

@@ -299,7 +299,7 @@ def test_base_stage_fetches_what_the_run_needs(server, tmp_path):
         "data.num_shards": 2, "+data.total_shards": 6, "+data.retries": 2, "+data.backoff": 0.001,
         "tokenizer_dir": tmp_path / "tok", "model.depth": 1, "hardware.seq_len": 64,
         "hardware.device_batch_size": 2, "hardware.total_batch_tokens": 128, "hardware.num_iterations": 2,
-        "hardware.eval_every": 2, "hardware.eval_tokens": 128, "hardware.sample_every": 0, "logger": "none",
+        "stage.eval_every": 2, "stage.eval_tokens": 128, "stage.sample_every": 0, "logger": "none",
         "hydra.run.dir": tmp_path / "run",
     }.items()]
     proc = run_train(args, tmp_path)

@@ -112,8 +112,8 @@ def test_two_process_ddp_on_cpu(tmp_path):
     args = [f"{k}={v}" for k, v in {
         "hardware": "cpu", "hardware.devices": 2, "hardware.strategy": "ddp", "tokenizer_dir": tmp_path / "tok",
         "model.depth": 2, "hardware.seq_len": 64, "hardware.device_batch_size": 4,
-        "hardware.total_batch_tokens": 1024, "hardware.num_iterations": 4, "hardware.eval_every": 2,
-        "hardware.eval_tokens": 512, "hardware.sample_every": 0, "logger": "none", "hydra.run.dir": tmp_path / "out",
+        "hardware.total_batch_tokens": 1024, "hardware.num_iterations": 4, "stage.eval_every": 2,
+        "stage.eval_tokens": 512, "stage.sample_every": 0, "logger": "none", "hydra.run.dir": tmp_path / "out",
     }.items()]
     proc = run_train(args, tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -7,10 +7,11 @@ import time
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from nanochat.cli import open_source, run_dir
+from nanochat.stages.cli import open_source, run_dir
 from nanochat.common import NanochatError, atomic_write_bytes
 
-PATTERNS = {"v0": "GPT4_PATTERN", "late": "GPT4_PATTERN_LATE"}
+# nanochat's first release (v0) and its later versions both split digits in runs of 1-2 (GPT-4 uses 1-3)
+PATTERNS = {"v0": "GPT4_PATTERN_LATE", "late": "GPT4_PATTERN_LATE", "gpt4": "GPT4_PATTERN"}
 
 
 def resolve_pattern(pattern: str) -> str:
@@ -31,7 +32,7 @@ def _counting(texts, bar):
         yield text
 
 
-def run_tokenizer_stage(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig) -> dict:
     from nanochat.dataset import iter_texts
     from nanochat.tokenizer import Tokenizer, compression_ratio, default_tokenizer_dir, reference_encodings
 
@@ -64,6 +65,8 @@ def run_tokenizer_stage(cfg: DictConfig) -> dict:
         print(f"  {name:<12} vocab {vocab:>7,}  {ratio:6.3f}")
     if len(rows) == 1:
         print("  (cl100k_base / o200k_base not available offline: comparison skipped)")
-    report = {"train_seconds": train_s, "vocab_size": tokenizer.vocab_size, "compression": rows}
+    report = {"stage": "tokenizer", "train_seconds": train_s, "vocab_size": tokenizer.vocab_size,
+              "pattern": st.pattern, "compression": rows}
     atomic_write_bytes(out / "tokenizer_report.json", json.dumps(report, indent=2).encode())
+    atomic_write_bytes(out / "summary.json", json.dumps({**report, "fit_seconds": train_s}, indent=2).encode())
     return report

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 # groups whose choice we validate up front so a typo gives one clear line instead of a Hydra traceback
 CHECKED_GROUPS = ("stage", "hardware", "model", "data", "logger", "experiment", "debug")
 
