@@ -14,7 +14,8 @@ Optional later features (all off by default, switched on by presets):
 - value embeddings on alternating layers, mixed into the values through a small input-dependent gate
 - per-layer residual scalars: x <- resid_lambda[i] * x + x0_lambda[i] * x0 before every block
 
-The module can be built on the meta device; `init_weights()` then materialises every parameter and buffer.
+Build models with `GPT.build(config, device)`: shapes on the meta device, storage on the target device, then
+`init_weights()`, whose random draws (the only ones) follow the reference's order, so a seed reproduces its weights.
 """
 from __future__ import annotations
 
@@ -118,6 +119,21 @@ def _window_mask(t: int, window: int, device) -> torch.Tensor:
     return (delta >= 0) & (delta <= window)
 
 
+class Linear(nn.Linear):
+    """nn.Linear whose constructor leaves the weight uninitialised: `GPT.init_weights()` is the only
+    initialiser, so building a model never consumes random draws (and never wastes time on kaiming init)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding whose constructor leaves the table uninitialised (see `Linear`)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
@@ -126,14 +142,14 @@ class CausalSelfAttention(nn.Module):
         self.n_kv_head = config.n_kv_head
         self.head_dim = config.head_dim
         d = config.n_embd
-        self.c_q = nn.Linear(d, self.n_head * self.head_dim, bias=False)
-        self.c_k = nn.Linear(d, self.n_kv_head * self.head_dim, bias=False)
-        self.c_v = nn.Linear(d, self.n_kv_head * self.head_dim, bias=False)
-        self.c_proj = nn.Linear(self.n_head * self.head_dim, d, bias=False)
+        self.c_q = Linear(d, self.n_head * self.head_dim, bias=False)
+        self.c_k = Linear(d, self.n_kv_head * self.head_dim, bias=False)
+        self.c_v = Linear(d, self.n_kv_head * self.head_dim, bias=False)
+        self.c_proj = Linear(self.n_head * self.head_dim, d, bias=False)
         self.ve_gate = None
         if config.value_embeds and has_value_embed(layer_idx, config.n_layer):
             self.ve_gate_channels = min(config.ve_gate_channels, d)
-            self.ve_gate = nn.Linear(self.ve_gate_channels, self.n_kv_head, bias=False)
+            self.ve_gate = Linear(self.ve_gate_channels, self.n_kv_head, bias=False)
 
     def forward(self, x, cos, sin, window: int, ve: torch.Tensor | None = None):
         B, T, _ = x.shape
@@ -165,8 +181,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=False)
 
     def forward(self, x):
         return self.c_proj(F.relu(self.c_fc(x)).square())
@@ -195,16 +211,16 @@ class GPT(nn.Module):
         self.window_sizes = window_sizes(config)
         self.transformer = nn.ModuleDict(
             {
-                "wte": nn.Embedding(config.vocab_size, config.n_embd),
+                "wte": Embedding(config.vocab_size, config.n_embd),
                 "h": nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             }
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.value_embeds:
             kv_dim = config.n_kv_head * config.head_dim
             self.value_embeds = nn.ModuleDict(
                 {
-                    str(i): nn.Embedding(config.vocab_size, kv_dim)
+                    str(i): Embedding(config.vocab_size, kv_dim)
                     for i in range(config.n_layer)
                     if has_value_embed(i, config.n_layer)
                 }
@@ -223,6 +239,30 @@ class GPT(nn.Module):
         self.register_buffer("sin", sin, persistent=False)
         # buffers are not in checkpoints: rebuild them after any load so a meta -> to_empty -> load path works
         self.register_load_state_dict_post_hook(GPT._after_load)
+
+    @classmethod
+    def build(cls, config: GPTConfig, device: str | torch.device = "cpu", init_weights: bool = True) -> "GPT":
+        """Make a model the way the reference does: shapes on the meta device, storage on `device`, then
+        `init_weights()`. Seed the global RNG right before: the init draws are the only ones consumed, so
+        a seed gives the same weights as the reference's `manual_seed -> GPT on meta -> to_empty -> init`.
+
+        init_weights=False leaves the parameters uninitialised (for loading a state dict next); the rotary
+        tables are computed on `device` either way.
+        """
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise NanochatError(f"invalid device {device!r}: {e}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise NanochatError(f"cannot build the model on {device}: CUDA is not available")
+        with torch.device("meta"):
+            model = cls(config)
+        model.to_empty(device=device)
+        if init_weights:
+            model.init_weights()
+        else:
+            model.init_buffers()
+        return model
 
     # -- initialisation ---------------------------------------------------------------------------------
     def _rotary_tables(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,9 +287,34 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Initialise every parameter and buffer in place (reference schemes, see GPTConfig.init)."""
+        """Initialise every parameter and buffer in place with the reference scheme named by `config.init`.
+
+        The random draws come from the global RNG of the parameters' device, in exactly this order (the
+        reference's), so one seed gives the reference's initial weights:
+
+        "v0" (first release; its `model.apply(...)` visits the modules in registration order):
+            1. wte                                       N(0, 1)
+            2. for each layer: attn.c_q, attn.c_k, attn.c_v, attn.c_proj, [attn.ve_gate], mlp.c_fc, mlp.c_proj
+                                                         N(0, 1/sqrt(fan_in) * min(1, sqrt(fan_out/fan_in)))
+            3. lm_head                                   N(0, same rule)
+            4. [value_embeds, ascending layer]           N(0, 1)
+            then, drawing nothing: lm_head, attn.c_proj, mlp.c_proj (and ve_gate) set to 0.
+        "jan2026" (commit 348fbb3), s = sqrt(3) / sqrt(n_embd) (the std of N(0, 1/n_embd)):
+            1. wte                                       N(0, 1)
+            2. lm_head                                   N(0, 0.001)
+            3. for each layer: attn.c_q, attn.c_k, attn.c_v, mlp.c_fc
+                                                         U(-s, s)
+            4. [value_embeds, ascending layer]           U(-s, s)
+            then, drawing nothing: attn.c_proj, mlp.c_proj, ve_gate = 0 (gate 1 at init),
+            resid_lambdas = 1, x0_lambdas = x0_init.
+        Bracketed items exist only with their switch on; in v0 they are this model's extensions and follow
+        the module walk. The reference pads its tables to a multiple of 64 rows, so parity needs such a vocab
+        (65,536 and 32,768 are). Scales are the reference's float expressions, so they match bit for bit.
+        """
         cfg = self.config
+        blocks = list(self.transformer.h)
         if cfg.init == "v0":
+            # pre-order walk: the leaves (the only modules with weights) come in the same order as apply()'s
             for module in self.modules():
                 if isinstance(module, nn.Linear):
                     fan_out, fan_in = module.weight.shape
@@ -258,17 +323,17 @@ class GPT(nn.Module):
                 elif isinstance(module, nn.Embedding):
                     nn.init.normal_(module.weight, mean=0.0, std=1.0)
             nn.init.zeros_(self.lm_head.weight)
-        else:  # "jan2026": uniform with the std of N(0, 1/n_embd) for the block inputs, tiny lm_head
-            bound = math.sqrt(3.0) / math.sqrt(cfg.n_embd)
+        else:
+            s = 3**0.5 * cfg.n_embd**-0.5
             nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=1.0)
             nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
-            for block in self.transformer.h:
+            for block in blocks:
                 for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
-                    nn.init.uniform_(lin.weight, -bound, bound)
+                    nn.init.uniform_(lin.weight, -s, s)
             if self.value_embeds is not None:
                 for emb in self.value_embeds.values():
-                    nn.init.uniform_(emb.weight, -bound, bound)
-        for block in self.transformer.h:
+                    nn.init.uniform_(emb.weight, -s, s)
+        for block in blocks:
             nn.init.zeros_(block.attn.c_proj.weight)
             nn.init.zeros_(block.mlp.c_proj.weight)
             if block.attn.ve_gate is not None:
