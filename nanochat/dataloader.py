@@ -1,33 +1,31 @@
-"""Streaming pretraining batches: documents -> BOS-prefixed tokens -> best-fit packed rows, with an exact cursor.
+"""Streaming pretraining batches: documents -> BOS-prefixed tokens -> packed rows, with an exact cursor.
 
 Pipeline (one background thread per iteration, bounded prefetch):
 
-1. *Document stream* of one rank: the split's row groups in order (shard by shard), rank ``r`` of ``W`` taking the
-   row groups ``r, r+W, r+2W, ...`` of the flat list; epoch after epoch (training cycles forever, validation
-   makes one pass unless told otherwise). Every document of the stream has an ordinal
+1. *Document stream* of one rank, fetched as the reference nanochat does: the split's files in order, and in each
+   file rank ``r`` of ``W`` takes the row groups ``r, r+W, r+2W, ...``; epoch after epoch (training cycles
+   forever, validation makes one pass unless told otherwise). Every document of the stream has an ordinal
    ``epoch * docs_per_epoch + index``.
-2. *Tokenization*: a row group at a time, ``tokenizer.encode(docs, prepend=BOS, num_threads=N)`` (tiktoken batch
-   encoding), so every document starts with ``<|bos|>``.
-3. *Packing* rows of ``T+1`` tokens from a buffer of up to ``buffer_docs`` documents (refilled at the start of
-   every row, and inside a row if it runs dry): repeatedly place the *largest* buffered document that fits the
-   space left in the row; when none fits, the *shortest* buffered document fills the rest of the row and its
-   tail is dropped (counted as cropped). A document longer than a whole row is cropped to ``T+1`` tokens when
-   it enters the buffer (its tail is counted as cropped; it then fills a row by itself). So every row starts with BOS, no token is lost except
-   the counted crops, and the output is a deterministic function of the data.
-4. ``inputs = row[:-1]``, ``targets = row[1:]`` as ``(B, T)`` int64 tensors.
+2. *Tokenization*: a chunk of one row group at a time (128 documents for ``bestfit``, as the reference refills),
+   ``tokenizer.encode(docs, prepend=BOS, num_threads=N)`` (tiktoken batch encoding).
+3. *Packing* (`nanochat.packing`): ``bestfit`` (the reference's BOS-aligned best fit, rows of ``T+1`` tokens),
+   ``cropfit`` (this project's earlier variant) or ``concat`` (the first release: plain concatenation, rows start
+   mid-document). `default_packing(preset)` says which one a reference preset trains with; validation always
+   uses ``bestfit`` (see `reference_val_steps` for how many batches).
+4. ``inputs``/``targets`` as ``(B, T)`` int64 tensors shifted by one token.
 
 The cursor (``state_dict()``) describes the position *after the last batch handed to the consumer*: the next
-document to read (epoch, file index, row group index, document offset) plus the packing buffer, stored as the
-ordinals of the buffered documents counted back from the next one (documents are either wholly in the buffer or
-consumed, so re-reading and re-tokenizing them rebuilds the buffer exactly). A loader built with
-``cursor=state`` yields exactly the batches the original would have yielded next.
+document to read (epoch, file index, row group index, document offset; for ``concat`` also a token offset into
+it) plus the packing buffer, stored as the ordinals of the buffered documents counted back from the next one
+(documents are either wholly in the buffer or consumed, so re-reading and re-tokenizing them rebuilds the buffer
+exactly). A loader built with ``cursor=state`` yields exactly the batches the original would have yielded next.
 """
 from __future__ import annotations
 
 import bisect
 import queue
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
@@ -35,8 +33,13 @@ import torch
 
 from nanochat.common import NanochatError
 from nanochat.dataset import Source
+from nanochat.packing import (PACKINGS, REFERENCE_BUFFER_DOCS, REFERENCE_REFILL_DOCS, check_packing,
+                              default_packing, make_packer, new_stats, resolve_packing)
 
-CURSOR_VERSION = 1
+__all__ = ["PackingLoader", "val_loader", "val_batches", "target_bytes", "reference_val_steps", "default_packing",
+           "resolve_packing", "PACKINGS", "REFERENCE_BUFFER_DOCS"]
+
+CURSOR_VERSION = 2
 _END = object()
 
 
@@ -94,12 +97,27 @@ def target_bytes(targets: torch.Tensor, token_bytes: torch.Tensor) -> torch.Tens
                                                                                device=targets.device))
 
 
+def reference_val_steps(val_tokens: int, batch_size: int, seq_len: int, world_size: int = 1) -> int:
+    """Validation batches per rank as the reference computes them: ``eval_tokens // (B * T * world)``.
+
+    The reference would evaluate nothing below one batch's worth of tokens; here that is at least 1 batch.
+    """
+    if val_tokens < 0 or batch_size < 1 or seq_len < 1 or world_size < 1:
+        raise NanochatError(f"bad validation size: val_tokens={val_tokens}, batch {batch_size} x {seq_len}, "
+                            f"world size {world_size}")
+    return max(1, int(val_tokens) // (batch_size * seq_len * world_size))
+
+
 class _Stream:
-    """One rank's document stream over a split: ordinals <-> (epoch, shard, row group, offset)."""
+    """One rank's document stream over a split: ordinals <-> (epoch, shard, row group, offset).
+
+    Rank r of W reads the row groups r, r+W, ... of every file (the reference's striding), so a file with fewer
+    row groups than ranks gives some ranks nothing.
+    """
 
     def __init__(self, source: Source, split: str, rank: int, world_size: int):
         flat = source.row_groups(split)
-        self.groups = [g for k, g in enumerate(flat) if k % world_size == rank and g[2] > 0]
+        self.groups = [(s, g, n) for s, g, n in flat if g % world_size == rank and n > 0]
         if not self.groups:
             raise NanochatError(f"{source.name} {split} split has {len(flat)} row groups: too few for rank "
                                 f"{rank} of {world_size} (each rank needs at least one)")
@@ -131,27 +149,31 @@ class PackingLoader:
         tokenizer: nanochat Tokenizer (or a tiktoken Encoding, then `bos_token_id` or its eot token is BOS).
         batch_size, seq_len: B and T; rows hold T+1 tokens.
         split: "train" or "val".
-        rank, world_size: data-parallel position (row-group striding).
-        buffer_docs: documents kept for best-fit packing.
+        rank, world_size: data-parallel position (row-group striding within each file).
+        packing: "bestfit" (the reference's), "cropfit" or "concat" (see `nanochat.packing`).
+        buffer_docs: documents kept for best-fit packing (the reference keeps 1000).
         tokenizer_threads: threads for batch encoding.
         device: batches are moved there (pinned + non_blocking for CUDA).
         cursor: a `state_dict()` to continue from.
         epochs: passes over the data; None = forever (default for train), 1 for val.
         max_batches: stop each iteration after this many batches.
         prefetch: batches prepared ahead by the background thread.
+        read_docs: documents tokenized per chunk; None = 128 for bestfit (its refill size, which decides what
+            the buffer holds), 1024 otherwise (any size gives the same batches).
     """
 
     def __init__(self, source: Source, tokenizer: Any, batch_size: int, seq_len: int, split: str = "train",
-                 rank: int = 0, world_size: int = 1, buffer_docs: int = 1000, tokenizer_threads: int = 4,
-                 device: str | torch.device = "cpu", cursor: dict | None = None, epochs: int | None | str = "auto",
-                 max_batches: int | None = None, prefetch: int = 4, bos_token_id: int | None = None,
-                 read_docs: int = 1024):
+                 rank: int = 0, world_size: int = 1, buffer_docs: int = REFERENCE_BUFFER_DOCS,
+                 tokenizer_threads: int = 4, device: str | torch.device = "cpu", cursor: dict | None = None,
+                 epochs: int | None | str = "auto", max_batches: int | None = None, prefetch: int = 4,
+                 bos_token_id: int | None = None, read_docs: int | None = None, packing: str = "bestfit"):
         if batch_size < 1 or seq_len < 1:
             raise NanochatError(f"batch_size and seq_len must be >= 1 (got {batch_size}, {seq_len})")
         if not 0 <= rank < world_size:
             raise NanochatError(f"rank {rank} out of range for world size {world_size}")
         if buffer_docs < 1:
             raise NanochatError("buffer_docs must be >= 1")
+        self.packing = check_packing(packing)
         self.source = source
         self.split = split
         self.batch_size = batch_size
@@ -164,6 +186,8 @@ class PackingLoader:
         self.epochs = (None if split == "train" else 1) if epochs == "auto" else epochs
         self.max_batches = max_batches
         self.prefetch = max(1, prefetch)
+        if read_docs is None:
+            read_docs = REFERENCE_REFILL_DOCS if packing == "bestfit" else 1024
         self.read_docs = max(1, read_docs)
         self._encode, self.bos_token_id = _make_encoder(tokenizer, bos_token_id, self.tokenizer_threads)
         self._stream = _Stream(source, split, rank, world_size)
@@ -176,13 +200,13 @@ class PackingLoader:
     # -- cursor --------------------------------------------------------------------------------------------------
 
     def _initial_state(self) -> dict:
-        return {"next": 0, "buffer": [], "batches": 0,
-                "stats": {"docs_read": 0, "docs": 0, "tokens": 0, "cropped": 0, "dropped": 0}}
+        return {"next": 0, "buffer": [], "token_offset": 0, "batches": 0, "stats": new_stats()}
 
     def _encode_state(self, st: dict) -> dict:
         epoch, shard, group, offset = self._stream.position(st["next"])
         return {
             "version": CURSOR_VERSION,
+            "packing": self.packing,
             "fingerprint": self.fingerprint,
             "split": self.split,
             "rank": self.rank,
@@ -191,6 +215,7 @@ class PackingLoader:
             "file_index": shard,
             "row_group_index": group,
             "doc_offset": offset,
+            "token_offset": st["token_offset"],
             "buffer": [st["next"] - o for o in st["buffer"]],
             "batches": st["batches"],
             "stats": dict(st["stats"]),
@@ -221,18 +246,22 @@ class PackingLoader:
         if not isinstance(state, dict) or state.get("version") != CURSOR_VERSION:
             raise NanochatError("not a data loader cursor (or from an incompatible version)")
         for key, mine in (("fingerprint", self.fingerprint), ("split", self.split),
-                          ("world_size", self.world_size), ("rank", self.rank)):
+                          ("world_size", self.world_size), ("rank", self.rank), ("packing", self.packing)):
             if state.get(key) != mine:
                 raise NanochatError(f"data cursor mismatch: {key} is {state.get(key)!r} in the cursor but {mine!r} "
-                                    "here (different dataset, split or world size)")
+                                    "here (different dataset, split, world size or packing)")
         nxt = self._stream.ordinal(int(state["epoch"]), int(state["file_index"]), int(state["row_group_index"]),
                                    int(state["doc_offset"]))
         buf = [nxt - int(d) for d in state.get("buffer", [])]
         if any(o < 0 or o >= nxt for o in buf) or buf != sorted(set(buf)):
             raise NanochatError("corrupt data cursor: bad buffer")
-        stats = self._initial_state()["stats"]
+        token_offset = int(state.get("token_offset", 0))
+        if token_offset < 0 or (token_offset and self.packing != "concat"):
+            raise NanochatError("corrupt data cursor: bad token offset")
+        stats = new_stats()
         stats.update({k: int(v) for k, v in state.get("stats", {}).items() if k in stats})
-        self._state = {"next": nxt, "buffer": buf, "batches": int(state.get("batches", 0)), "stats": stats}
+        self._state = {"next": nxt, "buffer": buf, "token_offset": token_offset,
+                       "batches": int(state.get("batches", 0)), "stats": stats}
         self._history.clear()
 
     def reset(self) -> None:
@@ -243,9 +272,8 @@ class PackingLoader:
     def stats(self) -> dict:
         """Counters up to the last yielded batch (carried in the cursor across resumes).
 
-        docs_read: documents taken into the packing buffer; docs: documents placed in rows; tokens: tokens in the
-        yielded rows (B * (T+1) per batch); cropped: document tokens discarded by cropping; dropped: tokens of the
-        incomplete last row/batch of a finite pass; cropped_fraction = cropped / (tokens + cropped).
+        See `nanochat.packing.new_stats`; tokens counts B*(T+1) per batch (B*T+1 for concat);
+        cropped_fraction = cropped / (tokens + cropped).
         """
         st = dict(self._state["stats"])
         total = st["tokens"] + st["cropped"]
@@ -260,7 +288,8 @@ class PackingLoader:
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         start = {"next": self._state["next"], "buffer": list(self._state["buffer"]),
-                 "batches": self._state["batches"], "stats": dict(self._state["stats"])}
+                 "token_offset": self._state["token_offset"], "batches": self._state["batches"],
+                 "stats": dict(self._state["stats"])}
         worker = threading.Thread(target=self._produce, args=(start, q, stop), daemon=True,
                                   name="nanochat-packing")
         worker.start()
@@ -311,8 +340,9 @@ class PackingLoader:
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             self._put(q, e, stop)
 
-    def _tokenized(self, start: int, stop: threading.Event) -> Iterator[tuple[int, list[int]]]:
-        """(ordinal, tokens) of the stream from `start` (up to the epoch limit)."""
+    def _chunks(self, start: int, stop: threading.Event) -> Iterator[tuple[int, list[list[int]]]]:
+        """(first ordinal, token lists) of the stream from `start`: up to `read_docs` documents of one row group
+        at a time, cut at multiples of `read_docs` within the group (up to the epoch limit)."""
         end = None if self.epochs is None else self.epochs * self._stream.docs_per_epoch
         o = start
         cached: tuple[int, int, list[str]] | None = None  # (shard, group, docs) of the last row group read
@@ -321,13 +351,12 @@ class PackingLoader:
             if cached is None or cached[:2] != (shard, group):
                 cached = (shard, group, self.source.read_row_group(self.split, shard, group))
             docs = cached[2]
-            take = docs[offset: offset + self.read_docs]
+            take = docs[offset: (offset // self.read_docs + 1) * self.read_docs]
             if end is not None:
                 take = take[: end - o]
             if not take:
                 raise NanochatError(f"row group {group} of file {shard} has fewer documents than its metadata says")
-            for i, toks in enumerate(self._encode(take)):
-                yield o + i, toks
+            yield o, self._encode(take)
             o += len(take)
 
     def _rebuild(self, ordinals: list[int]) -> list[list[int]]:
@@ -348,86 +377,34 @@ class PackingLoader:
         return out
 
     def _batches(self, st: dict, stop: threading.Event) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
-        B, C = self.batch_size, self.seq_len + 1
+        B, T = self.batch_size, self.seq_len
         stats = st["stats"]
-        buffer: "OrderedDict[int, list[int]]" = OrderedDict()
-        by_len: list[tuple[int, int]] = []  # sorted (length, -ordinal)
-        for o, toks in zip(st["buffer"], self._rebuild(st["buffer"])):
-            toks = toks[:C]
-            buffer[o] = toks
-            by_len.append((len(toks), -o))
-        by_len.sort()
-        nxt = st["next"]
-        stream = self._tokenized(nxt, stop)
-        exhausted = False
+        buffered = list(zip(st["buffer"], self._rebuild(st["buffer"])))
+        packer = make_packer(self.packing, B, T, stats, self._chunks(st["next"], stop), st["next"], buffered,
+                             token_offset=st["token_offset"], buffer_docs=self.buffer_docs)
         batches = st["batches"]
         pin = self.device.type == "cuda"
-
-        def refill() -> None:
-            nonlocal nxt, exhausted
-            while len(buffer) < self.buffer_docs and not exhausted:
-                try:
-                    o, toks = next(stream)
-                except StopIteration:
-                    exhausted = True
-                    return
-                if len(toks) > C:
-                    stats["cropped"] += len(toks) - C
-                    toks = toks[:C]
-                buffer[o] = toks
-                bisect.insort(by_len, (len(toks), -o))
-                nxt = o + 1
-                stats["docs_read"] += 1
-
         while not stop.is_set():
-            flat: list[int] = []
-            rows_done = 0
-            docs_used = cropped = 0
-            while rows_done < B:
-                refill()
-                if not buffer:
-                    break
-                room = C
-                while room > 0:
-                    if not by_len:
-                        refill()  # only a small buffer runs dry inside a row
-                        if not by_len:
-                            break
-                    k = bisect.bisect_right(by_len, (room, 0)) - 1
-                    if k >= 0:  # largest document that fits (ties: earliest)
-                        n, neg = by_len.pop(k)
-                        flat.extend(buffer.pop(-neg))
-                        room -= n
-                    else:  # nothing fits: the shortest document fills the rest, its tail is dropped
-                        n, neg = by_len.pop(0)
-                        flat.extend(buffer.pop(-neg)[:room])
-                        cropped += n - room
-                        room = 0
-                    docs_used += 1
-                if room > 0:  # end of a finite stream: incomplete row
-                    stats["dropped"] += C - room
-                    del flat[len(flat) - (C - room):]
-                    break
-                rows_done += 1
-            if rows_done < B:  # finite stream ended: the incomplete batch is dropped
-                stats["dropped"] += rows_done * C
-                stats["cropped"] += cropped
+            flat = packer.next_batch()
+            if flat is None:  # finite stream over
                 return
-            stats["docs"] += docs_used
-            stats["cropped"] += cropped
-            stats["tokens"] += B * C
             batches += 1
-            rows = torch.tensor(flat, dtype=torch.long).view(B, C)
-            inputs, targets = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+            t = torch.tensor(flat, dtype=torch.long)
+            if self.packing == "concat":  # one window of B*T+1 tokens
+                inputs, targets = t[:-1].view(B, T), t[1:].view(B, T)
+            else:
+                rows = t.view(B, T + 1)
+                inputs, targets = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
             if pin:
                 inputs, targets = inputs.pin_memory(), targets.pin_memory()
-            state = {"next": nxt, "buffer": list(buffer.keys()), "batches": batches, "stats": dict(stats)}
-            yield inputs, targets, state
+            yield inputs, targets, {**packer.state(), "batches": batches, "stats": dict(stats)}
 
 
 def val_loader(source: Source, tokenizer: Any, batch_size: int, seq_len: int, steps: int | None = None,
                rank: int = 0, world_size: int = 1, **kwargs: Any) -> PackingLoader:
-    """Validation batches from the start of the val split: one pass, or exactly `steps` batches (cycling)."""
+    """Validation batches from the start of the val split: one pass, or exactly `steps` batches (cycling, as the
+    reference's endless val loader does). Best-fit packing with the reference's buffer unless told otherwise."""
+    kwargs.setdefault("packing", "bestfit")
     return PackingLoader(source, tokenizer, batch_size, seq_len, split="val", rank=rank, world_size=world_size,
                          epochs=None if steps is not None else 1, max_batches=steps, **kwargs)
 

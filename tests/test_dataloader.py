@@ -1,4 +1,4 @@
-"""PackingLoader: BOS-aligned best-fit packing, exact resumable cursor (property-tested), DDP striding."""
+"""PackingLoader (default bestfit packing): exact resumable cursor (property-tested), DDP striding, validation."""
 from __future__ import annotations
 
 import json
@@ -136,12 +136,13 @@ def test_ddp_ranks_partition_row_groups(source):
         make(source, split="val", world_size=8, rank=7)
 
 
-def test_one_pass_conserves_tokens(source):
+@pytest.mark.parametrize("packing", ["bestfit", "cropfit"])
+def test_one_pass_conserves_tokens(source, packing):
     """Finite pass: every document token ends up in a row, cropped or dropped (counted), never lost."""
     texts = [d for _, _, docs in source.iter_row_groups("train") for d in docs]
     total = sum(len(t) for t in TOK.encode(texts, prepend=BOS))
     for buffer_docs in (1, 3, 100):
-        loader = make(source, epochs=1, buffer_docs=buffer_docs)
+        loader = make(source, epochs=1, buffer_docs=buffer_docs, packing=packing)
         batches = list(loader)
         stats = loader.stats
         assert len(batches) == stats["batches"] > 0
@@ -161,16 +162,24 @@ def test_one_pass_conserves_tokens(source):
 def test_long_documents_are_cropped_and_counted(tmp_path):
     folder = tmp_path / "long"
     folder.mkdir()
-    docs = ["x" * 100, "short"]
+    docs = ["x" * 100, "short"]  # 101 and 6 tokens with BOS; rows hold T+1 = 17
     pq.write_table(pa.table({"text": docs}), folder / "a.parquet")
     src = get_source("local", path=folder, val_fraction=0)
-    loader = make(src, batch_size=1, epochs=1, buffer_docs=1)
+    # cropfit: the long document is cropped to a whole row as it enters the buffer and fills the first row
+    loader = make(src, batch_size=1, epochs=1, buffer_docs=1, packing="cropfit")
     (inputs, targets), = list(loader)
     assert inputs[0].tolist() == [BOS] + [ord("x")] * (T - 1)
     stats = loader.stats
     assert stats["cropped"] == 101 - (T + 1)
     assert stats["dropped"] == 6  # the last, incomplete row
     assert stats["tokens"] + stats["cropped"] + stats["dropped"] == 101 + 6
+    # bestfit: both documents arrive in one refill; "short" fits first, then nothing fits the 11 left and the
+    # shortest document (the long one) fills them, its other 90 tokens cropped
+    loader = make(src, batch_size=1, epochs=1, buffer_docs=1, packing="bestfit")
+    (inputs, targets), = list(loader)
+    assert [BOS] + targets[0].tolist() == [BOS] + list(b"short") + [BOS] + [ord("x")] * 10
+    stats = loader.stats
+    assert (stats["cropped"], stats["dropped"], stats["tokens"]) == (90, 0, T + 1)
 
 
 def test_best_fit_prefers_largest_fitting_document(tmp_path):
