@@ -151,7 +151,7 @@ class CausalSelfAttention(nn.Module):
             self.ve_gate_channels = min(config.ve_gate_channels, d)
             self.ve_gate = Linear(self.ve_gate_channels, self.n_kv_head, bias=False)
 
-    def forward(self, x, cos, sin, window: int, ve: torch.Tensor | None = None):
+    def forward(self, x, cos, sin, window: int, ve: torch.Tensor | None = None, kv_cache=None):
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -162,6 +162,8 @@ class CausalSelfAttention(nn.Module):
             v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim).to(v.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k = norm(q), norm(k)  # QK-norm after the rotation
+        if kv_cache is not None:
+            return self.c_proj(self._attend_cached(q, k, v, window, kv_cache))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         kwargs = {}
         if self.n_kv_head != self.n_head:
@@ -176,6 +178,36 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **kwargs)
         y = y.transpose(1, 2).contiguous().view(B, T, -1)
         return self.c_proj(y)
+
+    def _attend_cached(self, q, k, v, window: int, cache) -> torch.Tensor:
+        """Attention of new queries (B, T, H, D) over the cache after writing k, v into it; (B, T, H * D)."""
+        B, T = q.shape[:2]
+        keys, values = cache.insert(self.layer_idx, k, v)  # (B, pos + T, H_kv, D)
+        end = keys.size(1)
+        if T == 1:
+            # one query: the window is a slice of the cache, and the query heads that share a kv head become
+            # rows of one (B, H_kv, rep, D) query, so no mask is needed unless rows are left-padded
+            lo = max(0, end - 1 - window)
+            rep = self.n_head // self.n_kv_head
+            qg = q.view(B, self.n_kv_head, rep, self.head_dim)
+            y = F.scaled_dot_product_attention(
+                qg, keys[:, lo:].transpose(1, 2), values[:, lo:].transpose(1, 2), attn_mask=cache.decode_mask(lo, end)
+            )
+            return y.reshape(B, 1, -1)
+        q, keys, values = q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2)
+        kwargs = {}
+        if self.n_kv_head != self.n_head:
+            if _SDPA_HAS_GQA:
+                kwargs["enable_gqa"] = True
+            else:
+                rep = self.n_head // self.n_kv_head
+                keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
+        mask = cache.attention_mask(T, window)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, keys, values, is_causal=True, **kwargs)
+        else:
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, **kwargs)
+        return y.transpose(1, 2).reshape(B, T, -1)
 
 
 class MLP(nn.Module):
@@ -194,8 +226,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer_idx)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, window: int, ve=None):
-        x = x + self.attn(norm(x), cos, sin, window, ve)
+    def forward(self, x, cos, sin, window: int, ve=None, kv_cache=None):
+        x = x + self.attn(norm(x), cos, sin, window, ve, kv_cache)
         x = x + self.mlp(norm(x))
         return x
 
@@ -344,13 +376,27 @@ class GPT(nn.Module):
         self.init_buffers()
 
     # -- forward ----------------------------------------------------------------------------------------
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_reduction: str = "mean"):
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        loss_reduction: str = "mean",
+        kv_cache=None,
+    ):
         """idx (B, T) token ids. Without targets: fp32 soft-capped logits (B, T, V).
 
         With targets (B, T; -1 = ignore): the cross-entropy in fp32, 'mean' over non-ignored targets,
         'sum', or 'none' (B, T) with zeros at ignored positions.
+
+        With a kv_cache (`nanochat.engine.KVCache`): idx continues the cached sequence at `kv_cache.pos`
+        (rotary positions from there, windows over cached keys), its keys/values are written into the
+        cache, the cache advances by T, and only the last position's logits are returned, (B, 1, V).
         """
         B, T = idx.shape
+        if kv_cache is not None:
+            if targets is not None:
+                raise NanochatError("targets cannot be combined with a kv_cache")
+            return self._forward_cached(idx, kv_cache)
         if T > self.rotary_len:
             raise NanochatError(f"sequence of {T} tokens is longer than the rotary table ({self.rotary_len})")
         cos, sin = self.cos[:, :T], self.sin[:, :T]
@@ -378,6 +424,32 @@ class GPT(nn.Module):
         if loss_reduction == "none":
             loss = loss.view(B, T)
         return loss
+
+    def _forward_cached(self, idx: torch.Tensor, kv_cache) -> torch.Tensor:
+        T = idx.size(1)
+        start = kv_cache.pos
+        if start + T > self.rotary_len:
+            raise NanochatError(f"position {start + T} is beyond the rotary table ({self.rotary_len})")
+        positions = kv_cache.positions(T)
+        if positions is None:
+            cos, sin = self.cos[:, start : start + T], self.sin[:, start : start + T]
+        else:  # left-padded rows: each row counts positions from its first real token
+            cos, sin = self.cos[0][positions], self.sin[0][positions]  # (B, T, 1, D/2)
+        x = norm(self.transformer.wte(idx))
+        x0 = x
+        for i, block in enumerate(self.transformer.h):
+            if self.resid_lambdas is not None:
+                x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            ve = None
+            if self.value_embeds is not None and str(i) in self.value_embeds:
+                ve = self.value_embeds[str(i)](idx)
+            x = block(x, cos, sin, self.window_sizes[i], ve, kv_cache)
+        kv_cache.advance(T)
+        logits = self.lm_head(norm(x[:, -1:])).float()
+        cap = self.config.logit_softcap
+        if cap and cap > 0:
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     # -- accounting -------------------------------------------------------------------------------------
     def num_params(self) -> int:
@@ -421,7 +493,6 @@ class GPT(nn.Module):
         return groups
 
     # -- sampling ---------------------------------------------------------------------------------------
-    @torch.no_grad()
     def generate(
         self,
         tokens: list[int],
@@ -430,27 +501,17 @@ class GPT(nn.Module):
         top_k: int | None = None,
         seed: int = 42,
     ):
-        """Yield up to max_tokens sampled token ids (full recompute each step; no KV cache).
+        """Yield up to max_tokens sampled token ids for one prompt (KV-cached, via `nanochat.engine.Engine`).
 
-        Uses its own torch.Generator, so the global RNG is untouched. temperature 0 means greedy.
+        No token is special here (no stop, no tools); prompts longer than the context keep their last
+        tokens. Uses its own torch.Generator, so the global RNG is untouched. temperature 0 means greedy.
         """
+        from nanochat.engine import Engine
+
         if not tokens:
             raise NanochatError("generate() needs at least one prompt token")
-        device = self.transformer.wte.weight.device
-        rng = torch.Generator(device=device)
-        rng.manual_seed(seed)
-        ids = torch.tensor([list(tokens)], dtype=torch.long, device=device)
-        for _ in range(max_tokens):
-            context = ids[:, -self.config.sequence_len :]
-            logits = self.forward(context)[:, -1, :]
-            if temperature == 0.0:
-                next_id = torch.argmax(logits, dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None and top_k > 0:
-                    values, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                    logits = logits.masked_fill(logits < values[:, [-1]], float("-inf"))
-                probs = F.softmax(logits, dim=-1)
-                next_id = torch.multinomial(probs, num_samples=1, generator=rng)
-            ids = torch.cat([ids, next_id], dim=1)
-            yield int(next_id.item())
+        steps = Engine(self, tokenizer=None).generate(
+            list(tokens), max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed, truncate="left"
+        )
+        for step_tokens, _ in steps:
+            yield step_tokens[0]
