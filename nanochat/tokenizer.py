@@ -5,7 +5,7 @@
 - The 9 special tokens get the ids right after the mergeable ranks. User text is always
   encoded as ordinary text: a literal "<|bos|>" in a document never becomes a special id.
 - `save`/`load` use one folder: `tokenizer.pkl` (ranks, pattern, special tokens) and
-  `token_bytes.pt` (UTF-8 byte length of every token, 0 for specials, for bits-per-byte).
+  `token_bytes.pt` (UTF-8 length of every token's decoded text, 0 for specials, for bits-per-byte).
 """
 from __future__ import annotations
 
@@ -245,16 +245,32 @@ class Tokenizer:
         """The token's text (invalid UTF-8 shown with replacement characters)."""
         return self._enc.decode_single_token_bytes(int(i)).decode("utf-8", errors="replace")
 
-    def token_bytes(self) -> "torch.Tensor":
-        """int32 tensor [vocab_size]: UTF-8 byte length of each token; special tokens count 0."""
+    def token_bytes(self, kind: str = "decoded") -> "torch.Tensor":
+        """int32 tensor [vocab_size]: bytes of text each token stands for, for bits per byte.
+
+        kind="decoded" (the reference's definition, used for val bpb): UTF-8 length of the token's decoded text,
+        an ill-formed byte sequence decoding to U+FFFD (3 bytes) as `decode` does; 0 for special tokens (and for
+        a token whose text is a special token's name, as the reference compares strings). kind="raw": the
+        token's byte length; 0 for special tokens.
+        """
         import torch
 
-        if self._token_bytes is None:
+        if kind not in ("decoded", "raw"):
+            raise NanochatError(f"token_bytes kind must be 'decoded' or 'raw', got {kind!r}")
+        if not isinstance(self._token_bytes, dict):
+            self._token_bytes = {}
+        cache = self._token_bytes
+        if kind not in cache:
             lengths = [0] * self.vocab_size
+            specials = set(SPECIAL_TOKENS)
             for token, rank in self._ranks.items():
-                lengths[rank] = len(token)
-            self._token_bytes = torch.tensor(lengths, dtype=torch.int32)
-        return self._token_bytes.clone()
+                if kind == "raw":
+                    lengths[rank] = len(token)
+                else:
+                    text = token.decode("utf-8", errors="replace")
+                    lengths[rank] = 0 if text in specials else len(text.encode("utf-8"))
+            cache[kind] = torch.tensor(lengths, dtype=torch.int32)
+        return cache[kind].clone()
 
     def __getstate__(self):
         return {"mergeable_ranks": self._ranks, "pattern": self.pattern}

@@ -89,7 +89,7 @@ def test_decode_accepts_tensors_and_id_to_token(tok):
 
 
 def test_token_bytes(tok):
-    tb = tok.token_bytes()
+    tb = tok.token_bytes(kind="raw")
     assert tb.dtype == torch.int32 and tb.shape == (tok.vocab_size,)
     ranks = tok.mergeable_ranks()
     for token, rank in ranks.items():

@@ -1,4 +1,8 @@
-"""LightningDataModule for pretraining: streaming packed batches with an exact, checkpointed data cursor."""
+"""LightningDataModule for pretraining: streaming packed batches with an exact, checkpointed data cursor.
+
+Training packs with the chosen strategy; validation always packs like the reference (best fit, its 1000-document
+buffer, ``val_tokens // (B * T * world)`` batches per rank), so val bpb is comparable with the reference's.
+"""
 from __future__ import annotations
 
 from typing import Any, Iterator
@@ -7,7 +11,8 @@ import lightning as L
 import torch
 
 from nanochat.common import NanochatError
-from nanochat.dataloader import PackingLoader
+from nanochat.dataloader import REFERENCE_BUFFER_DOCS, PackingLoader, reference_val_steps
+from nanochat.packing import check_packing
 from nanochat.dataset import Source, download_shards, get_source
 
 
@@ -54,15 +59,22 @@ class NanochatDataModule(L.LightningDataModule):
             one pass over this rank's share of the val split (ranks may then get different counts: prefer val_steps
             or val_tokens with DDP).
         val_tokens: alternatively, tokens per validation run across all ranks; val_steps =
-            max(1, val_tokens // (val_batch_size * seq_len * world_size)).
+            max(1, val_tokens // (val_batch_size * seq_len * world_size)) (the reference's eval_steps).
         buffer_docs, tokenizer_threads, prefetch: passed to `PackingLoader`.
+        packing: the training loader's packing ("bestfit", "cropfit" or "concat"); validation is always bestfit.
+        val_buffer_docs: the validation loader's best-fit buffer (the reference's 1000).
     """
 
     def __init__(self, source: str | Source = "sample", source_cfg: dict | None = None, tokenizer: Any = None,
                  batch_size: int = 8, seq_len: int = 2048, val_batch_size: int | None = None,
                  val_steps: int | None = None, val_tokens: int | None = None, buffer_docs: int = 1000,
-                 tokenizer_threads: int = 4, prefetch: int = 4):
+                 tokenizer_threads: int = 4, prefetch: int = 4, packing: str = "bestfit",
+                 val_buffer_docs: int = REFERENCE_BUFFER_DOCS):
         super().__init__()
+        self.packing = check_packing(packing)
+        if val_buffer_docs < 1:
+            raise NanochatError("val_buffer_docs must be >= 1")
+        self.val_buffer_docs = val_buffer_docs
         self.source_name = source if isinstance(source, str) else source.name
         self._source = source if isinstance(source, Source) else None
         self.source_cfg = dict(source_cfg or {})
@@ -127,7 +139,7 @@ class NanochatDataModule(L.LightningDataModule):
             self._pending = None
         self.train_loader = PackingLoader(self.source, self._tokenizer(), self.batch_size, self.seq_len,
                                           split="train", rank=rank, world_size=world, cursor=cursor,
-                                          **self.loader_kwargs)
+                                          packing=self.packing, **self.loader_kwargs)
         self._start_batches = self.train_loader.batches_yielded
         self._consumed = 0
         return _TrainIterable(self.train_loader)
@@ -138,12 +150,13 @@ class NanochatDataModule(L.LightningDataModule):
         rank, world = self._rank_world()
         steps = self.val_steps
         if steps is None and self.val_tokens:
-            steps = max(1, int(self.val_tokens) // (self.val_batch_size * self.seq_len * world))
+            steps = reference_val_steps(int(self.val_tokens), self.val_batch_size, self.seq_len, world)
+        kwargs = dict(self.loader_kwargs, buffer_docs=self.val_buffer_docs)
 
         def make() -> PackingLoader:
             return PackingLoader(self.source, self._tokenizer(), self.val_batch_size, self.seq_len, split="val",
                                  rank=rank, world_size=world, epochs=None if steps is not None else 1,
-                                 max_batches=steps, **self.loader_kwargs)
+                                 max_batches=steps, packing="bestfit", **kwargs)
 
         return _ValIterable(make, steps)
 
