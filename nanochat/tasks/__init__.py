@@ -4,9 +4,11 @@ Every task is a list of conversations in the nanochat.chat format; see nanochat.
 nanochat.tasks.registry for building tasks and mixtures by name (the names used in conf/mixture/*.yaml).
 """
 from nanochat.tasks.base import Task, TaskMixture, TaskSequence, extract_answer, render_mc
-from nanochat.tasks.registry import TASKS, build_mixture, build_sequence, build_task, build_tasks
+from nanochat.tasks.registry import (
+    TASKS, build_from_config, build_mixture, build_sequence, build_task, build_tasks, validate_spec,
+)
 
 __all__ = [
     "Task", "TaskMixture", "TaskSequence", "extract_answer", "render_mc",
-    "TASKS", "build_mixture", "build_sequence", "build_task", "build_tasks",
+    "TASKS", "build_from_config", "build_mixture", "build_sequence", "build_task", "build_tasks", "validate_spec",
 ]

@@ -1,14 +1,15 @@
 """Small arithmetic word problems answered with the calculator tool, for teaching tool use without a download.
 
 "What is 37 times 412?" -> text, python ``37*412``, python_output ``15244``, then ``#### 15244``. The output
-part is what Python prints for the expression (division gives a float, e.g. ``3.0``), which is what the
-engine's calculator returns at run time. Example i comes from random.Random(i) (test: i + 10,000,000).
+part is exactly what the engine's calculator (nanochat.tools.calculator) returns for the expression at run
+time, so training and generation agree. Example i comes from random.Random(i) (test: i + 10,000,000).
 """
 from __future__ import annotations
 
 import random
 
 from nanochat.common import NanochatError
+from nanochat.tools import calculator
 from nanochat.tasks.base import Task, assistant_text, extract_answer
 
 TEST_SEED_OFFSET = 10_000_000
@@ -66,12 +67,12 @@ class Arithmetic(Task):
 
     def get_example(self, index: int) -> dict:
         rng = random.Random(index + (TEST_SEED_OFFSET if self.split == "test" else 0))
-        shown, expr, value = make_problem(rng)
-        answer = str(int(value)) if float(value).is_integer() else str(value)
+        shown, expr, _ = make_problem(rng)
+        answer = calculator(expr)  # the tool's own formatting: 2388/4 -> "597"
         parts = [
             {"type": "text", "text": rng.choice(_LEAD)},
             {"type": "python", "text": expr},
-            {"type": "python_output", "text": str(value)},
+            {"type": "python_output", "text": answer},
             {"type": "text", "text": f"\n\n{shown} = {answer}.\n\n#### {answer}"},
         ]
         if not parts[0]["text"]:

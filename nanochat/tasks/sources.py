@@ -6,7 +6,8 @@ downloaded; it may be
 - a file: ``.parquet``, ``.jsonl``/``.json`` (optionally ``.gz``/``.bz2``/``.xz``/``.zst``), ``.csv``;
 - a ``datasets.save_to_disk`` folder (a Dataset, or a DatasetDict from which ``split`` is taken);
 - a folder of such files: the ones whose name (or a parent folder) starts with the split name, e.g.
-  ``train.jsonl``, ``test-00000-of-00001.parquet``, ``main/train-*.parquet``; all of them if none does.
+  ``train.jsonl``, ``test-00000-of-00001.parquet``; all of them if none does. When the folder has a
+  sub-folder named after the config (a copy of the Hub repository, e.g. ``main/`` of GSM8K), that is used.
 A missing file or a missing column is one NanochatError naming the path and the column.
 """
 from __future__ import annotations
@@ -40,9 +41,11 @@ def _data_files(folder: Path, split: str) -> tuple[str, list[str]]:
     return builders.pop(), [str(p) for p in chosen]
 
 
-def _load_local(path: Path, split: str):
+def _load_local(path: Path, split: str, config: str | None = None):
     import datasets
 
+    if config and path.is_dir() and (path / config).is_dir():  # a copy of the whole Hub repo: take the config's folder
+        path = path / config
     if not path.exists():
         raise NanochatError(f"local data {path} does not exist")
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
@@ -98,7 +101,7 @@ def load_rows(hub_path: str, config: str | None, split: str, *, local_path=None,
     """The data set's rows (a datasets.Dataset), from local_path when given, else from the Hub."""
     if local_path is not None:
         path = Path(local_path).expanduser()
-        ds = _load_local(path, split)
+        ds = _load_local(path, split, config)
         source = str(path)
     else:
         ds = _load_hub(hub_path, config, split)

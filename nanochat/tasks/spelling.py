@@ -1,7 +1,8 @@
 """Spelling practice for small models: SimpleSpelling ("Spell the word: apple") and SpellingBee (count a letter).
 
 Words come from the ``english-words`` package (Webster's Second International word list, 234K words, lower-case
-letters only), or from your own file (``words_path``, one word per line); nothing is downloaded. Example i is
+letters only), or from your own file (``words_path``, one word per line); nothing is downloaded. One word in 20
+is held out for the test split, so validation conversations use words never seen in training. Example i is
 generated from random.Random(i) (test split: i + 10,000,000), so any index is reproducible on its own.
 SpellingBee answers like the reference: spell the word out, count by hand, double-check with a python tool
 call ``'word'.count('l')``, and finish with ``#### N``.
@@ -17,6 +18,7 @@ from nanochat.common import NanochatError
 from nanochat.tasks.base import Task, assistant_text, extract_answer
 
 TEST_SEED_OFFSET = 10_000_000  # larger than any train size, so train and test seeds never meet
+TEST_WORD_EVERY = 20  # 1 in 20 words is held out for the test split
 
 USER_TEMPLATES = [
     "How many {letter} are in the word {word}",
@@ -67,6 +69,21 @@ def load_words(words_path: str | None = None) -> tuple[str, ...]:
     return words
 
 
+@functools.lru_cache(maxsize=8)
+def split_words(words: tuple[str, ...], split: str) -> tuple[str, ...]:
+    """Every TEST_WORD_EVERY-th word is a test word, the rest train words: test conversations use unseen words."""
+    if split == "test":
+        return words[::TEST_WORD_EVERY]
+    return tuple(w for i, w in enumerate(words) if i % TEST_WORD_EVERY)
+
+
+@functools.lru_cache(maxsize=8)
+def _shuffled(words: tuple[str, ...]) -> tuple[str, ...]:
+    order = list(words)
+    random.Random(42).shuffle(order)
+    return tuple(order)
+
+
 class _WordTask(Task):
     """Shared parts: size, split, word list, per-example seeded generator."""
 
@@ -77,7 +94,9 @@ class _WordTask(Task):
         if split not in ("train", "test"):
             raise NanochatError(f"{self.name} split must be train or test, got {split!r}")
         self.size, self.split = size, split
-        self.words = load_words(words_path)
+        self.words = split_words(load_words(words_path), split)
+        if not self.words:
+            raise NanochatError(f"{self.name}: the word list has no {split} words (1 in {TEST_WORD_EVERY} is a test word)")
 
     @property
     def eval_type(self) -> str:
@@ -97,9 +116,7 @@ class SimpleSpelling(_WordTask):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        words = list(self.words)
-        random.Random(42).shuffle(words)  # a different word order than SpellingBee for the same seeds
-        self.words = words
+        self.words = _shuffled(self.words)  # a different word order than SpellingBee for the same seeds
 
     def get_example(self, index: int) -> dict:
         word = self.rng(index).choice(self.words)
