@@ -299,6 +299,10 @@ class GPT(nn.Module):
     # -- initialisation ---------------------------------------------------------------------------------
     def _rotary_tables(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         head_dim = self.config.head_dim
+        if torch.device(device).type == "meta":
+            # shapes only (init_buffers fills them later); arange on meta would import torch._refs (seconds)
+            shape = (1, seq_len, 1, head_dim // 2)
+            return torch.empty(shape, device=device), torch.empty(shape, device=device)
         channels = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
         inv_freq = 1.0 / (self.config.rope_base ** (channels / head_dim))
         t = torch.arange(seq_len, dtype=torch.float32, device=device)
