@@ -9,6 +9,7 @@ completion, then ``evaluate(conversation, completion)``).
 from __future__ import annotations
 
 import bisect
+import operator
 import random
 import re
 from array import array
@@ -78,8 +79,9 @@ class Task:
         return max(0, (stop - self.start + self.step - 1) // self.step)
 
     def __getitem__(self, index: int) -> dict:
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise TypeError(f"task indices must be integers, got {type(index).__name__}")
+        if isinstance(index, bool):
+            raise TypeError("task indices must be integers, got bool")
+        index = operator.index(index)  # ints and numpy integers; TypeError for anything else
         n = len(self)
         if index < 0:
             index += n

@@ -3,7 +3,8 @@
 Words come from the ``english-words`` package (Webster's Second International word list, 234K words, lower-case
 letters only), or from your own file (``words_path``, one word per line); nothing is downloaded. One word in 20
 is held out for the test split, so validation conversations use words never seen in training. Example i is
-generated from random.Random(i) (test split: i + 10,000,000), so any index is reproducible on its own.
+generated from its own seed (SpellingBee: random.Random(i); test split: i + 10,000,000), so any index is
+reproducible on its own.
 SpellingBee answers like the reference: spell the word out, count by hand, double-check with a python tool
 call ``'word'.count('l')``, and finish with ``#### N``.
 """
@@ -77,15 +78,10 @@ def split_words(words: tuple[str, ...], split: str) -> tuple[str, ...]:
     return tuple(w for i, w in enumerate(words) if i % TEST_WORD_EVERY)
 
 
-@functools.lru_cache(maxsize=8)
-def _shuffled(words: tuple[str, ...]) -> tuple[str, ...]:
-    order = list(words)
-    random.Random(42).shuffle(order)
-    return tuple(order)
-
-
 class _WordTask(Task):
     """Shared parts: size, split, word list, per-example seeded generator."""
+
+    seed_base = 0
 
     def __init__(self, size: int = 1000, split: str = "train", words_path: str | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -106,7 +102,7 @@ class _WordTask(Task):
         return self.size
 
     def rng(self, index: int) -> random.Random:
-        return random.Random(index + (TEST_SEED_OFFSET if self.split == "test" else 0))
+        return random.Random(self.seed_base + index + (TEST_SEED_OFFSET if self.split == "test" else 0))
 
 
 class SimpleSpelling(_WordTask):
@@ -114,9 +110,7 @@ class SimpleSpelling(_WordTask):
 
     name = "simple_spelling"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.words = _shuffled(self.words)  # a different word order than SpellingBee for the same seeds
+    seed_base = 20_000_000  # other seeds than SpellingBee's, so example i spells a different word
 
     def get_example(self, index: int) -> dict:
         word = self.rng(index).choice(self.words)
