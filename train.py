@@ -11,7 +11,7 @@ import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from nanochat.cli import fail, prepare_argv  # noqa: E402  (cheap imports only before Hydra parses argv)
+from nanochat.stages.cli import fail, prepare_argv  # noqa: E402  (cheap imports only before Hydra parses argv)
 
 prepare_argv(sys.argv, config_name="train")
 
@@ -24,13 +24,11 @@ def main(cfg: DictConfig):
     from nanochat.common import NanochatError
 
     try:
-        if cfg.stage.kind == "tokenizer":
-            from nanochat.tokenizer_stage import run_tokenizer_stage
+        from nanochat.stages import run_stage
+        from nanochat.stages.schema import validate_config
 
-            return run_tokenizer_stage(cfg)
-        from nanochat.lit.runner import run_training_stage
-
-        return run_training_stage(cfg)
+        validate_config(cfg)
+        return run_stage(cfg)
     except NanochatError as e:
         fail(str(e))
 

@@ -12,7 +12,6 @@ import copy
 import statistics
 import time
 import warnings
-from dataclasses import asdict
 
 import torch
 
@@ -81,7 +80,9 @@ def lightning_loop(model, batches, accum, steps, hp) -> list[float]:
                 self.times.append(now - self._t0)
                 self._t0 = now
 
-    module = NanochatLM(model_config=asdict(model.config), total_steps=steps, optimizer=hp)
+    plan = scaling.plan(model.config, device_batch_size=batches[0][0].shape[0],
+                        total_batch_tokens=batches[0][0].numel() * accum, num_iterations=steps, **hp)
+    module = NanochatLM(plan, torch.ones(model.config.vocab_size, dtype=torch.int32))
     module.model = model
     timer = StepTimer()
     trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=steps,

@@ -79,9 +79,7 @@ def load_model(path, device: str | torch.device = "cpu", tokenizer: bool = True)
         state, config = _from_lightning(_read_ckpt(path), path)
         meta = {"source": str(path)}
         tok_dir = path.parent.parent / "tokenizer"  # <run>/checkpoints/x.ckpt -> <run>/tokenizer
-    with torch.device("meta"):
-        model = GPT(GPTConfig(**config))
-    model.to_empty(device=device)
+    model = GPT.build(GPTConfig(**config), device=device, init_weights=False)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

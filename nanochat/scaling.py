@@ -49,8 +49,17 @@ class Preset:
     momentum_end: float = 0.95
     # learning-rate schedule
     warmup_steps: int = 0
+    warmup_ratio: float | None = None  # when set, warmup = round(ratio x steps) (wins over warmup_steps)
     warmdown_ratio: float = 0.2
     final_lr_frac: float = 0.0
+    grad_clip: float = 1.0  # max gradient norm; 0 = no clipping
+    lr_multiplier: float = 1.0  # every lr x this (chat stages: mid 1.0, SFT 0.02, RL 0.05 of the base lrs)
+
+
+# Keys a user may override on top of a preset (Hydra: stage.<key>, model.<key>); one place lists them.
+PRESET_OVERRIDES = ("param_data_ratio", "total_batch_tokens", "embedding_lr", "unembedding_lr", "matrix_lr",
+                    "scalar_lr", "adam_betas", "weight_decay", "muon_weight_decay", "warmup_steps", "warmup_ratio",
+                    "warmdown_ratio", "final_lr_frac", "grad_clip", "lr_multiplier")
 
 
 PRESETS: dict[str, Preset] = {
@@ -86,6 +95,7 @@ PRESETS: dict[str, Preset] = {
         warmup_steps=0,
         warmdown_ratio=0.5,
         final_lr_frac=0.0,
+        grad_clip=0.0,  # the reference never clips
     ),
 }
 
@@ -268,6 +278,8 @@ class Plan:
     warmup_steps: int
     warmdown_ratio: float
     final_lr_frac: float
+    grad_clip: float
+    lr_multiplier: float
 
     @property
     def tokens_per_param(self) -> float:
@@ -347,7 +359,8 @@ class Plan:
                 else ""
             ),
             f"  schedule   warmup {self.warmup_steps} steps, warmdown last {self.warmdown_ratio:.0%}, "
-            f"final lr x{self.final_lr_frac:g}",
+            f"final lr x{self.final_lr_frac:g}" + (f", lrs x{self.lr_multiplier:g}" if self.lr_multiplier != 1 else "")
+            + (f", grad clip {self.grad_clip:g}" if self.grad_clip else ", no grad clipping"),
         ]
         if peak_flops:
             lines.append(
@@ -368,22 +381,14 @@ def plan(
     seq_len: int = 2048,
     device_batch_size: int = 32,
     world_size: int = 1,
-    total_batch_tokens: int | None = None,
-    param_data_ratio: float | None = None,
     num_iterations: int = -1,
     target_flops: float = -1.0,
-    matrix_lr: float | None = None,
-    embedding_lr: float | None = None,
-    unembedding_lr: float | None = None,
-    scalar_lr: float | None = None,
-    weight_decay: float | None = None,
-    muon_weight_decay: float | None = None,
     *,
     preset: str = "v0",
     aspect_ratio: int = 64,
     head_dim: int = 128,
     n_kv_head: int | None = None,
-    **model_switches,
+    **overrides,
 ) -> Plan:
     """Derive a whole pretraining run from the depth. Arguments left as None come from the preset.
 
@@ -392,10 +397,17 @@ def plan(
     Horizon precedence (as in nanochat): num_iterations > 0, else target_flops > 0, else
     param_data_ratio x (scaling params) / total batch (floor).
     `muon_weight_decay` is the d12 value; it is scaled by (12 / depth)^2.
+    `overrides`: any of PRESET_OVERRIDES (None = keep the preset's) and GPTConfig switches (window_pattern,
+    x0_init, short_window_frac, ...).
     """
     p = get_preset(preset)
-    total_batch_tokens = p.total_batch_tokens if total_batch_tokens is None else total_batch_tokens
-    param_data_ratio = p.param_data_ratio if param_data_ratio is None else param_data_ratio
+    preset_changes = {k: overrides.pop(k) for k in list(overrides) if k in PRESET_OVERRIDES}
+    p = replace(p, **{k: (tuple(v) if k == "adam_betas" else v) for k, v in preset_changes.items() if v is not None})
+    model_switches = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(model_switches) - {f.name for f in fields(GPTConfig)}
+    if unknown:
+        raise NanochatError(f"unknown plan option(s): {', '.join(sorted(unknown))}")
+    total_batch_tokens, param_data_ratio = p.total_batch_tokens, p.param_data_ratio
     if isinstance(depth, GPTConfig):
         if model_switches:
             raise NanochatError("give model switches either in the GPTConfig or as keywords, not both")
@@ -424,7 +436,7 @@ def plan(
             f"{total_batch_tokens:,} tokens is too large for it - lower total_batch_tokens or raise the horizon"
         )
     total_tokens = steps * total_batch_tokens
-    wd_d12 = p.muon_weight_decay if muon_weight_decay is None else muon_weight_decay
+    warmup = round(p.warmup_ratio * steps) if p.warmup_ratio is not None else p.warmup_steps
     return Plan(
         preset=p.name,
         depth=depth,
@@ -442,26 +454,28 @@ def plan(
         total_tokens=total_tokens,
         total_flops=fpt * total_tokens,
         horizon_source=source,
-        embedding_lr=p.embedding_lr if embedding_lr is None else embedding_lr,
-        unembedding_lr=p.unembedding_lr if unembedding_lr is None else unembedding_lr,
-        matrix_lr=p.matrix_lr if matrix_lr is None else matrix_lr,
-        scalar_lr=p.scalar_lr if scalar_lr is None else scalar_lr,
-        lr_scale=batch_lr_scale(total_batch_tokens) if p.batch_lr_scaling else 1.0,
+        embedding_lr=p.embedding_lr,
+        unembedding_lr=p.unembedding_lr,
+        matrix_lr=p.matrix_lr,
+        scalar_lr=p.scalar_lr,
+        lr_scale=(batch_lr_scale(total_batch_tokens) if p.batch_lr_scaling else 1.0) * p.lr_multiplier,
         adamw_lr_scale=adamw_lr_scale(cfg.n_embd),
         adam_betas=p.adam_betas,
         x0_betas=p.x0_betas,
         adam_eps=p.adam_eps,
-        weight_decay=p.weight_decay if weight_decay is None else weight_decay,
+        weight_decay=p.weight_decay,
         muon_orthogonalizer=p.muon_orthogonalizer,
         muon_beta2=p.muon_beta2,
-        muon_weight_decay=muon_weight_decay_for_depth(wd_d12, depth),
+        muon_weight_decay=muon_weight_decay_for_depth(p.muon_weight_decay, depth),
         muon_weight_decay_schedule=p.muon_weight_decay_schedule,
         momentum_warmup=p.momentum_warmup,
         momentum_start=p.momentum_start,
         momentum_end=p.momentum_end,
-        warmup_steps=p.warmup_steps,
+        warmup_steps=warmup,
         warmdown_ratio=p.warmdown_ratio,
         final_lr_frac=p.final_lr_frac,
+        grad_clip=p.grad_clip,
+        lr_multiplier=p.lr_multiplier,
     )
 
 
@@ -472,6 +486,7 @@ def with_switches(cfg: GPTConfig, **switches) -> GPTConfig:
 
 __all__ = [
     "PRESETS",
+    "PRESET_OVERRIDES",
     "Plan",
     "Preset",
     "adamw_lr_scale",

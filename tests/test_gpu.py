@@ -6,8 +6,6 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def test_bf16_compiled_training_steps_on_gpu():
-    from dataclasses import asdict
-
     import lightning as L
 
     from nanochat import scaling
@@ -15,7 +13,8 @@ def test_bf16_compiled_training_steps_on_gpu():
     from nanochat.lit.module import NanochatLM
 
     cfg = scaling.model_config(2, vocab_size=512, seq_len=128, head_dim=64)
-    module = NanochatLM(model_config=asdict(cfg), total_steps=6, compile=True)
+    plan = scaling.plan(cfg, device_batch_size=4, total_batch_tokens=512, num_iterations=6)
+    module = NanochatLM(plan, torch.ones(512, dtype=torch.int32), compile=True)
 
     class Data:
         def __iter__(self):

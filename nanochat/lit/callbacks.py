@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from nanochat.common import NanochatError, atomic_path
 
@@ -68,7 +69,8 @@ class ThroughputMFU(L.Callback):
         mfu = self.flops_per_token * tok_s / (self.peak_flops * world) if self.peak_flops else float("nan")
         self.history.append((step, tok_s, mfu))
         if step % self.log_every == 0:
-            pl_module.log_dict({"perf/tok_per_s": tok_s, "perf/mfu": mfu, "perf/step_s": dt}, on_step=True, on_epoch=False)
+            pl_module.log_dict({"perf/tok_per_s": tok_s, "perf/mfu": mfu, "perf/step_s": dt}, on_step=True, on_epoch=False,
+                              prog_bar=True)
 
     def on_validation_start(self, trainer, pl_module):
         self._t0 = None  # validation time is not training time
@@ -93,8 +95,9 @@ class NonFiniteGuard(L.Callback):
 class SampleGenerations(L.Callback):
     """Greedy continuations of a few prompts every N optimizer steps and at the end of training."""
 
-    def __init__(self, tokenizer, prompts: list[str], every: int, max_tokens: int = 16):
+    def __init__(self, tokenizer, prompts: list[str], every: int, max_tokens: int = 16, chat: bool = False):
         self.tokenizer = tokenizer
+        self.chat = chat  # prompts are user messages of a conversation (chat stages)
         self.prompts = list(prompts)
         self.every = every
         self.max_tokens = max_tokens
@@ -110,9 +113,16 @@ class SampleGenerations(L.Callback):
         self.samples = []
         bos = self.tokenizer.bos_token_id
         for prompt in self.prompts:
-            ids = self.tokenizer.encode(prompt, prepend=bos)
+            if self.chat:
+                from nanochat.chat import render_for_completion
+
+                ids = render_for_completion(self.tokenizer, {"messages": [{"role": "user", "content": prompt}]})
+            else:
+                ids = self.tokenizer.encode(prompt, prepend=bos)
             out = list(model.generate(ids, max_tokens=self.max_tokens, temperature=0.0))
-            self.samples.append(prompt + self.tokenizer.decode(out))
+            if self.chat and self.tokenizer.encode_special("<|assistant_end|>") in out:
+                out = out[: out.index(self.tokenizer.encode_special("<|assistant_end|>"))]
+            self.samples.append(prompt + (" -> " if self.chat else "") + self.tokenizer.decode(out))
         model.train(was_training)
         text = "\n".join(f"  {s!r}" for s in self.samples)
         print(f"\n[samples @ step {trainer.global_step}]\n{text}", flush=True)
@@ -127,3 +137,58 @@ class SampleGenerations(L.Callback):
         if trainer.global_step != self._last_step:
             self._last_step = trainer.global_step
             self._generate(trainer, pl_module)
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Counts optimizer steps against the plan's total (with ETA), showing loss, tok/s and MFU.
+
+    Lightning's bar counts micro-batches of an epoch, which for an endless streaming loader has no total.
+    """
+
+    SHOWN = {"train/loss": "loss", "perf/tok_per_s": "tok/s", "perf/mfu": "mfu", "val/bpb": "val_bpb",
+             "val/loss": "val_loss"}
+
+    def __init__(self, total_steps: int, stage: str = "train"):
+        super().__init__(refresh_rate=1)
+        self.total_steps = total_steps
+        self.stage = stage
+        self._shown_step = -1
+
+    def init_train_tqdm(self):
+        bar = super().init_train_tqdm()
+        bar.unit = "step"
+        return bar
+
+    def on_train_epoch_start(self, trainer, *_):
+        super().on_train_epoch_start(trainer)
+        bar = self.train_progress_bar
+        bar.reset(total=self.total_steps)
+        bar.initial = trainer.global_step  # resumed runs: the ETA counts only the steps still to run
+        bar.n = trainer.global_step
+        bar.set_description(self.stage)
+        bar.refresh()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step == self._shown_step or self.train_progress_bar is None:
+            return  # mid-accumulation: nothing new to show
+        self._shown_step = step
+        bar = self.train_progress_bar
+        bar.n = step
+        bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+        bar.refresh()
+
+    def get_metrics(self, trainer, pl_module):
+        metrics = trainer.progress_bar_metrics
+        out = {}
+        for key, short in self.SHOWN.items():
+            if key in metrics:
+                value = float(metrics[key])
+                out[short] = f"{value:.1%}" if key == "perf/mfu" else (f"{value:,.0f}" if key == "perf/tok_per_s"
+                                                                         else f"{value:.4f}")
+        return out
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.train_progress_bar is not None and not self.train_progress_bar.disable:
+            self.train_progress_bar.n = trainer.global_step
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))

@@ -1,7 +1,15 @@
 """The one LightningModule all training stages share: they differ in data and loss masks, not in the loop.
 
 Lightning owns precision, accumulation, clipping, checkpointing, logging and multi-GPU; this module only says
-how to compute the loss, how to build the optimizer and how the schedules move.
+how to compute the loss, how to build the optimizer and how the schedules move. It is built from the stage's
+`scaling.Plan` as is (the plan printed at the start is the plan that trains).
+
+Loss normalisation (one training step for every stage):
+- a batch `(inputs, targets)` is averaged over its non-ignored targets (base and mid, as the reference does);
+- a batch `(inputs, targets, step_targets)` carries the number of supervised targets of the whole optimizer
+  step on this rank (SFT): the summed loss is divided by that count summed over all ranks, so the gradient does
+  not depend on how the step is split into micro-batches or ranks, and a micro-batch with nothing supervised
+  contributes exactly zero (never 0/0).
 """
 from __future__ import annotations
 
@@ -11,41 +19,35 @@ from dataclasses import asdict
 import lightning as L
 import torch
 
-from nanochat.gpt import GPT, GPTConfig
+from nanochat.gpt import GPT
+from nanochat.loss_eval import bpb_sums
 from nanochat.optim import build_optimizer, lr_multiplier, update_muon_groups
+from nanochat.scaling import Plan
 
 
 class NanochatLM(L.LightningModule):
-    def __init__(
-        self,
-        model_config: dict,
-        total_steps: int,
-        optimizer: dict | None = None,
-        schedule: dict | None = None,
-        momentum: dict | None = None,
-        compile: bool = False,
-        init_weights_from: str | None = None,
-    ):
+    def __init__(self, plan: Plan, token_bytes: torch.Tensor, compile: bool = False, init_from: str | None = None):
         super().__init__()
-        self.save_hyperparameters()
-        self.config = GPTConfig(**model_config)
+        self.plan = plan
+        self.config = plan.model
+        self.compile_model = compile
+        self.init_from = init_from
         self.model: GPT | None = None
-        # validation accumulators for bits per byte (summed over the whole validation pass, all ranks)
-        self._val_nats = None
-        self._val_bytes = None
-        self.token_bytes: torch.Tensor | None = None  # set by the runner from the tokenizer
+        self.register_buffer("token_bytes", token_bytes.clone().to(torch.int32), persistent=False)
+        # validation accumulators for bits per byte and mean loss (summed over the whole pass, all ranks)
+        self._val_sums = None
 
     # -- model ---------------------------------------------------------------------------------------------
     def configure_model(self):
         if self.model is not None:
             return
-        model = GPT(self.config)
-        model.init_weights()
-        if self.hparams.init_weights_from:
+        # meta construction then the reference's init draws (skipped when weights are loaded right after)
+        model = GPT.build(self.config, device=self.device, init_weights=not self.init_from)
+        if self.init_from:
             from nanochat.checkpoint import load_state_dict
 
-            model.load_state_dict(load_state_dict(self.hparams.init_weights_from))
-        if self.hparams.compile:
+            model.load_state_dict(load_state_dict(self.init_from))
+        if self.compile_model:
             # in-place compile keeps state_dict keys free of `_orig_mod.`
             model.compile(dynamic=False)
         self.model = model
@@ -56,22 +58,31 @@ class NanochatLM(L.LightningModule):
     # -- training ------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         inputs, targets = batch[0], batch[1]
-        loss = self.model(inputs, targets)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if len(batch) < 3:
+            loss = self.model(inputs, targets)
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+            return loss
+        # token-normalised over the whole accumulated step, all ranks (see the module docstring)
+        step_targets = self.trainer.strategy.reduce(batch[2].sum().double(), reduce_op="sum")
+        nats = self.model(inputs, targets, loss_reduction="sum")
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size
+        loss = nats * (scale / step_targets.clamp(min=1.0)).to(nats.dtype)
+        supervised = (targets >= 0).sum()
+        self.log("train/loss", (nats.detach() / supervised.clamp(min=1)).float(), prog_bar=True, on_step=True,
+                 on_epoch=False)
         return loss
 
     def on_before_optimizer_step(self, optimizer):
         # Muon momentum warm-up (and the preset's weight-decay schedule); global_step = optimizer steps so far
-        update_muon_groups(optimizer, self.global_step, self.hparams.total_steps, **(self.hparams.momentum or {}))
+        p = self.plan
+        update_muon_groups(optimizer, self.global_step, p.num_steps, warmup=p.momentum_warmup,
+                           start=p.momentum_start, end=p.momentum_end)
 
     def configure_optimizers(self):
-        h = self.hparams
-        kwargs = {"embedding_lr": 0.2, "unembedding_lr": 0.004, "matrix_lr": 0.02, **(h.optimizer or {})}
-        kwargs.setdefault("d_model", self.config.n_embd)
-        optimizer = build_optimizer(self.model, **kwargs)
-        # total steps come from the config, never from trainer.estimated_stepping_batches (that would
+        optimizer = build_optimizer(self.model, **self.plan.optimizer_kwargs())
+        # total steps come from the plan, never from trainer.estimated_stepping_batches (that would
         # iterate the train loader and can defeat the data-cursor restore)
-        total, sched = h.total_steps, dict(h.schedule or {})
+        total, sched = self.plan.num_steps, self.plan.schedule_kwargs()
 
         def schedule(step):
             return lr_multiplier(step, total, **sched)
@@ -79,26 +90,23 @@ class NanochatLM(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # -- validation: bits per byte ------------------------------------------------------------------------
+    # -- validation: bits per byte and loss per supervised token ------------------------------------------
     def on_validation_epoch_start(self):
-        self._val_nats = torch.zeros((), dtype=torch.float64, device=self.device)
-        self._val_bytes = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._val_sums = torch.zeros(4, dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch, batch_idx):
         inputs, targets = batch[0], batch[1]
         nats = self.model(inputs, targets, loss_reduction="none").double()  # (B, T); 0 where target == -1
-        token_bytes = self.token_bytes.to(targets.device)
-        nbytes = torch.where(targets >= 0, token_bytes[targets.clamp(min=0)], 0).double()
-        counted = nbytes > 0  # special tokens and masked targets do not count
-        self._val_nats += (nats * counted).sum()
-        self._val_bytes += nbytes.sum()
+        bpb_nats, nbytes = bpb_sums(nats, targets, self.token_bytes)
+        self._val_sums += torch.stack([bpb_nats, nbytes, nats.sum(), (targets >= 0).sum().double()])
 
     def on_validation_epoch_end(self):
-        nats = self.trainer.strategy.reduce(self._val_nats, reduce_op="sum")
-        nbytes = self.trainer.strategy.reduce(self._val_bytes, reduce_op="sum")
+        nats, nbytes, loss_nats, n = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum").unbind()
         bpb = (nats / (math.log(2) * nbytes)).float() if nbytes > 0 else torch.tensor(float("nan"))
         self.log("val/bpb", bpb, prog_bar=True, sync_dist=False)
+        self.log("val/loss", (loss_nats / n).float() if n > 0 else torch.tensor(float("nan")), sync_dist=False)
 
     # -- checkpoint extras ----------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
         checkpoint["nanochat_model_config"] = asdict(self.config)
+        checkpoint["nanochat_plan"] = self.plan.as_dict()

@@ -1,4 +1,10 @@
-"""Hydra config -> Lightning Trainer for the training stages (base now; mid/sft/rl reuse the same path)."""
+"""The run mechanics every training stage shares: run folder, resume, Trainer, summary, export.
+
+A stage module (nanochat/stages/) only says what is particular to it: where its weights start, which data it
+reads and how its plan is derived. It hands a `StageRun` to `run_training`, which prints the plan (after every
+override: the plan printed is the plan trained), then trains, evaluates, writes `summary.json` and exports the
+model folder.
+"""
 from __future__ import annotations
 
 import json
@@ -6,25 +12,40 @@ import logging
 import os
 import statistics
 import time
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from nanochat import scaling
-from nanochat.cli import run_dir, source_options
 from nanochat.common import NanochatError, atomic_write_bytes
-from nanochat.lit.callbacks import AtomicCheckpointIO, NonFiniteGuard, SampleGenerations, ThroughputMFU
+from nanochat.gpt import GPTConfig
+from nanochat.lit.callbacks import AtomicCheckpointIO, NonFiniteGuard, SampleGenerations, StepProgressBar, ThroughputMFU
 from nanochat.lit.module import NanochatLM
+from nanochat.stages.cli import run_dir
+
+# model.<key> switches that reach GPTConfig (null = the preset's)
+MODEL_SWITCHES = ("rope_base", "logit_softcap", "window_pattern", "short_window_frac", "value_embeds",
+                  "resid_scalars", "x0_init")
+# stage.<key> names that differ from the plan's (the AdamW decay is named so nobody mistakes it for Muon's)
+STAGE_KEY_TO_PLAN = {"adamw_weight_decay": "weight_decay"}
 
 
-MODEL_SWITCHES = ("rope_base", "logit_softcap", "window_pattern", "value_embeds", "resid_scalars")
-PLAN_OVERRIDES = ("total_batch_tokens", "param_data_ratio", "embedding_lr", "unembedding_lr", "matrix_lr",
-                  "weight_decay")
+@dataclass
+class StageRun:
+    """What a stage module hands the shared runner."""
+
+    plan: scaling.Plan
+    datamodule: L.LightningDataModule
+    tokenizer: Any
+    init_from: str | None = None  # model folder / .ckpt the weights start from (None = fresh init)
+    sample_prompts: list[str] = field(default_factory=list)  # rendered with the tokenizer, greedy continuations
+    chat_samples: bool = False  # prompts are user messages: render them as conversations
+    info: dict = field(default_factory=dict)  # extra figures for summary.json (input model, data stats...)
 
 
 def world_size(hw) -> int:
@@ -33,17 +54,35 @@ def world_size(hw) -> int:
     return n * int(hw.num_nodes)
 
 
-def build_plan(cfg: DictConfig, vocab_size: int) -> scaling.Plan:
-    """The whole run derived from the depth (nanochat.scaling); null config values fall back to the preset."""
+def plan_overrides(cfg: DictConfig) -> dict:
+    """Every user override of the preset, from the one place each key lives (stage.* and model.*)."""
+    st, m = cfg.stage, cfg.model
+    out = {}
+    for key in scaling.PRESET_OVERRIDES:
+        stage_key = next((k for k, v in STAGE_KEY_TO_PLAN.items() if v == key), key)
+        if st.get(stage_key) is not None:
+            value = st[stage_key]
+            out[key] = list(value) if OmegaConf.is_list(value) else value
+    for key in MODEL_SWITCHES:
+        if m.get(key) is not None:
+            out[key] = m[key]
+    return out
+
+
+def build_plan(cfg: DictConfig, vocab_size: int, model: GPTConfig | None = None, num_iterations: int | None = None,
+               **extra) -> scaling.Plan:
+    """The run's plan: from the depth (base) or an existing model's config (later stages), plus every override."""
     m, hw, st = cfg.model, cfg.hardware, cfg.stage
-    switches = {k: m[k] for k in MODEL_SWITCHES if m.get(k) is not None}
-    overrides = {k: st[k] for k in PLAN_OVERRIDES if st.get(k) is not None}
-    plan = scaling.plan(
-        m.depth, vocab_size=vocab_size, seq_len=m.sequence_len, device_batch_size=hw.device_batch_size,
-        world_size=world_size(hw), num_iterations=st.num_iterations, preset=m.preset,
-        aspect_ratio=m.aspect_ratio, head_dim=m.head_dim, n_kv_head=m.n_kv_head, **overrides, **switches,
-    )
-    return plan
+    overrides = {**plan_overrides(cfg), **extra}
+    iters = st.num_iterations if num_iterations is None else num_iterations
+    common = dict(device_batch_size=hw.device_batch_size, world_size=world_size(hw), num_iterations=iters,
+                  target_flops=st.get("target_flops") or -1.0, preset=m.preset)
+    if model is not None:
+        for key in MODEL_SWITCHES:
+            overrides.pop(key, None)  # a trained model's architecture is fixed
+        return scaling.plan(model, **common, **overrides)
+    return scaling.plan(m.depth, vocab_size=vocab_size, seq_len=m.sequence_len, aspect_ratio=m.aspect_ratio,
+                        head_dim=m.head_dim, n_kv_head=m.n_kv_head, **common, **overrides)
 
 
 def resolve_ckpt_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
@@ -79,7 +118,11 @@ def make_logger(cfg: DictConfig, out: Path):
         if lg.get("offline"):
             os.environ["WANDB_MODE"] = "offline"
         return WandbLogger(project=lg.project, name=cfg.run_name, save_dir=str(out), offline=bool(lg.get("offline")))
-    return CSVLogger(save_dir=str(out), name="logs", version="")
+    try:
+        from nanochat.lit.loggers import ResumableCSVLogger as CSV
+    except ImportError:  # pragma: no cover
+        from lightning.pytorch.loggers import CSVLogger as CSV
+    return CSV(save_dir=str(out), name="logs", version="")
 
 
 def _point_triton_at_cuda_ptxas() -> None:
@@ -92,86 +135,72 @@ def _point_triton_at_cuda_ptxas() -> None:
         os.environ["TRITON_PTXAS_PATH"] = str(ptxas)
 
 
-def run_training_stage(cfg: DictConfig) -> dict:
+def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun]) -> dict:
+    """Plan, train, evaluate and export one training stage; `prepare(cfg, run_folder)` is the stage's part."""
     from nanochat.checkpoint import export_model
-    from nanochat.lit.datamodule import NanochatDataModule
-    from nanochat.tokenizer import Tokenizer, get_tokenizer
 
-    out = run_dir()
+    out = run_dir(create=False)
     hw, st = cfg.hardware, cfg.stage
     for name in ("lightning.pytorch", "lightning.fabric"):  # Lightning has its own handler; Hydra's would repeat it
         logging.getLogger(name).propagate = False
     if hw.get("num_threads"):
         torch.set_num_threads(int(hw.num_threads))
 
-    # the run folder keeps its own copy of the tokenizer so it stays loadable after a new tokenizer is trained
-    run_tok = out / "tokenizer"
-    if (run_tok / "tokenizer.pkl").exists() and cfg.ckpt_path is not None:
-        tokenizer = Tokenizer.load(run_tok)
-    else:
-        tokenizer = get_tokenizer(cfg.tokenizer_dir)
+    run = prepare(cfg, out)
+    plan, tokenizer = run.plan, run.tokenizer
+    print(plan.describe(peak_flops=hw.peak_flops), flush=True)
+    if cfg.plan_only:  # before anything touches the run folder
+        return {"plan": plan}
     ckpt_dir = out / "checkpoints"
     ckpt_path = resolve_ckpt_path(cfg, ckpt_dir)
-
-    plan = build_plan(cfg, tokenizer.vocab_size)
-    model_cfg = plan.model
-    print(plan.describe(peak_flops=hw.peak_flops), flush=True)
-    if cfg.plan_only:
-        return {"plan": plan}
     if hw.accelerator == "gpu" and not torch.cuda.is_available():
         raise NanochatError(f"hardware={hw.name} needs a CUDA GPU but none is visible; use hardware=cpu or hardware=auto")
     if hw.accelerator == "gpu" and hw.compile:
         _point_triton_at_cuda_ptxas()
-    tokenizer.save(run_tok)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(out / "tokenizer")
     atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
 
     L.seed_everything(cfg.seed, verbose=False)
-    # the data module builds the source itself so a download happens once per node (prepare_data), not per rank
-    source_name, source_cfg = source_options(cfg.data)
-    dm = NanochatDataModule(
-        source=source_name, source_cfg=source_cfg, tokenizer=tokenizer, batch_size=hw.device_batch_size,
-        seq_len=model_cfg.sequence_len, buffer_docs=cfg.data.loader.buffer_docs,
-        tokenizer_threads=cfg.data.loader.tokenizer_threads, val_tokens=st.eval_tokens,
-    )
-    schedule = plan.schedule_kwargs()
-    schedule.update({k: st[k] for k in schedule if st.get(k) is not None})
-    module = NanochatLM(
-        model_config=asdict(model_cfg), total_steps=plan.num_steps, optimizer=plan.optimizer_kwargs(),
-        schedule=schedule, compile=bool(hw.compile), init_weights_from=st.init_from,
-        momentum={"warmup": plan.momentum_warmup, "start": plan.momentum_start, "end": plan.momentum_end},
-    )
-    module.token_bytes = tokenizer.token_bytes()
-
+    module = NanochatLM(plan, tokenizer.token_bytes(), compile=bool(hw.compile), init_from=run.init_from)
     throughput = ThroughputMFU(plan.flops_per_token, plan.total_batch_tokens, hw.peak_flops)
-    samples = SampleGenerations(tokenizer, list(st.sample_prompts), every=st.sample_every, max_tokens=st.sample_tokens)
+    samples = SampleGenerations(tokenizer, list(run.sample_prompts), every=st.sample_every,
+                                max_tokens=st.sample_tokens, chat=run.chat_samples)
     logger = make_logger(cfg, out)
+    eval_every = int(st.eval_every)
     callbacks = [
         NonFiniteGuard(),
         throughput,
         samples,
         *([LearningRateMonitor(logging_interval="step")] if logger else []),
-        TQDMProgressBar(refresh_rate=plan.grad_accum),  # one refresh per optimizer step
+        StepProgressBar(plan.num_steps, stage=st.name),
         ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step:06d}", auto_insert_metric_name=False,
                         every_n_train_steps=st.save_every, save_top_k=1, save_last=True),
     ]
     trainer = L.Trainer(
         accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.num_nodes, strategy=hw.strategy,
         precision=hw.precision, max_steps=plan.num_steps, accumulate_grad_batches=plan.grad_accum,
-        gradient_clip_val=st.grad_clip, val_check_interval=st.eval_every * plan.grad_accum,
+        gradient_clip_val=plan.grad_clip or None,
+        # eval_every <= 0 disables in-loop evaluation (the final evaluation below still runs)
+        val_check_interval=eval_every * plan.grad_accum if eval_every > 0 else None,
+        limit_val_batches=None if eval_every > 0 else 0,
         check_val_every_n_epoch=None, num_sanity_val_steps=0,  # val length: the data module's val_tokens
         logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
         default_root_dir=str(out), log_every_n_steps=1, enable_model_summary=False,
     )
     t0 = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=run.datamodule, ckpt_path=ckpt_path)
     fit_s = time.time() - t0
-    if plan.num_steps % st.eval_every == 0 and "val/bpb" in trainer.callback_metrics:
-        val_bpb = float(trainer.callback_metrics["val/bpb"])  # the last in-training evaluation was at the end
+    if eval_every > 0 and plan.num_steps % eval_every == 0 and "val/bpb" in trainer.callback_metrics:
+        val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     else:
-        val = trainer.validate(module, datamodule=dm, verbose=False)
-        val_bpb = float(val[0]["val/bpb"]) if val else float("nan")
+        trainer.limit_val_batches = 1.0
+        results = trainer.validate(module, datamodule=run.datamodule, verbose=False)
+        val = {k: float(v) for k, v in results[0].items()} if results else {}
+    val_bpb = val.get("val/bpb", float("nan"))
 
-    summary = {"stage": st.name, "steps": trainer.global_step, "val_bpb": val_bpb, "fit_seconds": fit_s}
+    summary = {"stage": st.name, "steps": trainer.global_step, "val_bpb": val_bpb, "val_loss": val.get("val/loss"),
+               "fit_seconds": fit_s, "plan": plan.as_dict(), **run.info}
     if throughput.history:
         steady = throughput.history[1:] or throughput.history  # the first step includes one-off warm-up
         summary.update(tok_per_s=statistics.median(r for _, r, _ in steady),
@@ -180,7 +209,7 @@ def run_training_stage(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         model_dir = export_model(module.model, tokenizer, out / "model", meta={"stage": st.name, **summary})
         summary["model_dir"] = str(model_dir)
-        atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+        atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
         print(f"\n{st.name}: {trainer.global_step} steps in {fit_s:.0f} s, val bpb {val_bpb:.4f}"
               + (f", {summary['tok_per_s']:,.0f} tok/s, MFU {100 * summary['mfu']:.1f}%" if "mfu" in summary else "")
               + f"\nmodel: {model_dir}", flush=True)

@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by the entry points: argv checks before Hydra, one-line errors."""
+"""Command-line plumbing shared by the entry points (Hydra side): argv checks before Hydra, one-line errors."""
 from __future__ import annotations
 
 import sys
@@ -38,12 +38,19 @@ def prepare_argv(argv: list[str], config_name: str) -> None:
     Resolving auto here, rather than inside the job, keeps `--cfg job` and the saved config honest about
     which profile actually ran.
     """
+    from nanochat.stages.schema import RENAMED
+
     saw_hardware = False
     for i, arg in enumerate(argv[1:], start=1):
         if arg.startswith("-") or "=" not in arg:
             continue
         key, value = arg.split("=", 1)
         key = key.lstrip("+~")
+        if key in RENAMED:
+            fail(f"{key} was renamed: use {RENAMED[key]}")
+        if key == "plan_only" and value.lower() == "true":
+            # a plan is only printed: write nothing into the run folder (no .hydra/ copy, no job log)
+            argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
         if key.startswith("override "):
             key = key[len("override "):]
         if key.startswith("/"):
@@ -92,10 +99,11 @@ def open_source(data_cfg):
     return get_source(name, **opts)
 
 
-def run_dir() -> Path:
+def run_dir(create: bool = True) -> Path:
     """This job's output folder (Hydra 1.3 does not chdir into it)."""
     from hydra.core.hydra_config import HydraConfig
 
     path = Path(HydraConfig.get().runtime.output_dir)
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path

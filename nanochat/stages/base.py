@@ -1,0 +1,56 @@
+"""stage=base: pretrain a GPT from scratch on a document source (packed BOS-aligned rows)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from nanochat.lit.runner import StageRun, build_plan, run_training
+from nanochat.stages.cli import source_options
+
+
+def default_packing(cfg: DictConfig) -> str:
+    """The data config's packing, else the preset's (jan2026: reference best-fit; v0: plain concatenation)."""
+    packing = cfg.data.loader.get("packing")
+    if packing:
+        return packing
+    try:
+        from nanochat.dataloader import default_packing as preset_packing
+    except ImportError:
+        return "cropfit"
+    return preset_packing(cfg.model.preset)
+
+
+import inspect as _inspect  # TEMP until the loader's packing lands
+
+from nanochat.lit.datamodule import NanochatDataModule as _DM
+
+_HAS_PACKING = "packing" in _inspect.signature(_DM.__init__).parameters
+
+
+def prepare(cfg: DictConfig, out: Path) -> StageRun:
+    from nanochat.lit.datamodule import NanochatDataModule
+    from nanochat.tokenizer import Tokenizer, get_tokenizer
+
+    hw, st = cfg.hardware, cfg.stage
+    # a resumed run keeps the tokenizer it started with (a newer one may have been trained since)
+    run_tok = out / "tokenizer"
+    if (run_tok / "tokenizer.pkl").exists() and cfg.ckpt_path is not None:
+        tokenizer = Tokenizer.load(run_tok)
+    else:
+        tokenizer = get_tokenizer(cfg.tokenizer_dir)
+    plan = build_plan(cfg, tokenizer.vocab_size)
+    # the data module builds the source itself so a download happens once per node (prepare_data), not per rank
+    source_name, source_cfg = source_options(cfg.data)
+    dm = NanochatDataModule(
+        source=source_name, source_cfg=source_cfg, tokenizer=tokenizer, batch_size=hw.device_batch_size,
+        seq_len=plan.seq_len, buffer_docs=cfg.data.loader.buffer_docs,
+        tokenizer_threads=cfg.data.loader.tokenizer_threads, val_tokens=st.eval_tokens,
+        **({"packing": default_packing(cfg)} if _HAS_PACKING else {}),
+    )
+    return StageRun(plan=plan, datamodule=dm, tokenizer=tokenizer, init_from=st.init_from,
+                    sample_prompts=list(st.sample_prompts), info={"packing": default_packing(cfg)})
+
+
+def run(cfg: DictConfig) -> dict:
+    return run_training(cfg, prepare)
