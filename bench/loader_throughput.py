@@ -1,17 +1,20 @@
-"""Benchmark: PackingLoader throughput (tokens/s) on ONE CPU core, with a real BPE tokenizer.
+"""Benchmark: PackingLoader throughput (tokens/s) per packing strategy, against a literal reference loader.
 
 Two document sets:
   * sample   - the embedded offline corpus (Python standard library docstrings/comments)
   * fineweb  - a generated FineWeb-like parquet set: documents repackaged from the installed packages' docstrings
                and text files, written as shards with row groups of 1024 documents and a `text` column
-The tokenizer is the trained nanochat tokenizer when one is saved (``--tokenizer DIR`` or the default location),
-else a nanochat BPE tokenizer trained here on the FineWeb-like set (vocab 32,768 by default, cached under
-bench/results/); it runs through tiktoken.
+The tokenizer is a nanochat BPE tokenizer of vocab 32,768 (``--vocab``) trained here on the FineWeb-like set
+(cached under bench/results/, keyed by vocab and set size); ``--tokenizer DIR`` uses a saved one instead.
 
-Each configuration runs in its own subprocess pinned to N cores (``os.sched_setaffinity``), with
-``torch.set_num_threads(N)`` and N tokenizer threads; the loader's background thread, tokenization and packing all
-share those cores. Throughput is measured after the first batch (the packing buffer is then full), median of the
-repetitions.
+Per packing (bestfit, cropfit, concat): "ours" is `PackingLoader`; "peer" is the reference nanochat's loader
+written out literally in this file (parquet files in order, row groups strided by rank, 128-document tokenizer
+batches; best fit by linear scans of a 1000-document list, or the v0 token deque) - the peer of cropfit is the
+reference best fit it stands in for. Each run is its own subprocess pinned to N cores (``os.sched_setaffinity``),
+``torch.set_num_threads(N)``, N tokenizer threads. The clock starts before the loader is built, so filling the
+packing buffer counts; every batch handed out counts (tok/s = B*T per batch / wall time), and the tokenized
+tokens per second are reported too. Median of the repetitions. The first batches of ours and the peer are
+compared token for token (bestfit and concat must be identical).
 
     python bench/loader_throughput.py            # ~30 MB fineweb-like set, 3 repetitions
     python bench/loader_throughput.py --quick    # smaller, 1 repetition
@@ -19,6 +22,7 @@ repetitions.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -30,7 +34,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
-TARGET = 300_000
 sys.path.insert(0, str(ROOT))
 
 
@@ -85,14 +88,12 @@ def fineweb_like(mb: float) -> Path:
 
 
 def tokenizer_dir(vocab: int, train_dir: Path, explicit: str | None) -> str:
-    """A saved nanochat tokenizer: the given one, the default trained one, or one trained here (cached)."""
-    from nanochat.tokenizer import Tokenizer, default_tokenizer_dir
+    """The given saved tokenizer, or one of `vocab` tokens trained here on the FineWeb-like set (cached)."""
+    from nanochat.tokenizer import Tokenizer
 
     if explicit:
         return explicit
-    if (default_tokenizer_dir() / "tokenizer.pkl").exists():
-        return str(default_tokenizer_dir())
-    out = RESULTS / f"loader_tokenizer_{vocab}"
+    out = RESULTS / f"loader_tokenizer_{vocab}_{train_dir.name}"
     if not (out / "tokenizer.pkl").exists():
         import pyarrow.parquet as pq
 
@@ -108,7 +109,66 @@ def tokenizer_dir(vocab: int, train_dir: Path, explicit: str | None) -> str:
     return str(out)
 
 
+# ----------------------------------------------------------------------------------------------- peer
+
+
+def peer_batches(files: list[Path], tok, B: int, T: int, packing: str, threads: int, buffer_size: int = 1000,
+                 tokenizer_batch_size: int = 128):
+    """The reference loader, literally: endless (inputs, targets) lists for rank 0 of 1."""
+    import pyarrow.parquet as pq
+
+    bos = tok.bos_token_id
+
+    def doc_batches():
+        while True:
+            for path in files:
+                pf = pq.ParquetFile(path)
+                for rg in range(pf.num_row_groups):
+                    texts = pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()
+                    for i in range(0, len(texts), tokenizer_batch_size):
+                        yield texts[i: i + tokenizer_batch_size]
+
+    batches = doc_batches()
+    if packing == "concat":  # v0: a token deque, B*T+1 tokens popped per batch
+        from collections import deque
+
+        buf: deque = deque()
+        while True:
+            while len(buf) < B * T + 1:
+                for ids in tok.encode(next(batches), prepend=bos, num_threads=threads):
+                    buf.extend(ids)
+            w = [buf.popleft() for _ in range(B * T + 1)]
+            yield [w[k * T: (k + 1) * T] for k in range(B)], [w[k * T + 1: (k + 1) * T + 1] for k in range(B)]
+    docs: list[list[int]] = []
+    while True:
+        rows = []
+        for _ in range(B):
+            row: list[int] = []
+            while len(row) < T + 1:
+                while len(docs) < buffer_size:
+                    docs.extend(tok.encode(next(batches), prepend=bos, num_threads=threads))
+                room = T + 1 - len(row)
+                best, best_len = -1, 0
+                for i, d in enumerate(docs):
+                    if best_len < len(d) <= room:
+                        best, best_len = i, len(d)
+                if best >= 0:
+                    row.extend(docs.pop(best))
+                else:
+                    k = min(range(len(docs)), key=lambda i: len(docs[i]))
+                    row.extend(docs.pop(k)[:room])
+            rows.append(row)
+        yield [r[:-1] for r in rows], [r[1:] for r in rows]
+
+
 # ----------------------------------------------------------------------------------------------- worker
+
+
+def _digest(h, inputs, targets) -> None:
+    import torch
+
+    h.update(torch.as_tensor(inputs, dtype=torch.long).numpy().tobytes())
+    h.update(torch.as_tensor(targets, dtype=torch.long).numpy().tobytes())
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -119,36 +179,46 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.cores)
     from nanochat.dataloader import PackingLoader
     from nanochat.dataset import get_source
-
     from nanochat.tokenizer import Tokenizer
 
     tok = Tokenizer.load(args.tokenizer_dir)
-    if args.data == "sample":
-        source = get_source("sample")
-    else:
-        source = get_source("local", path=args.data_dir, val_fraction=0.05)
-    loader = PackingLoader(source, tok, args.batch_size, args.seq_len, buffer_docs=args.buffer_docs,
-                           tokenizer_threads=args.cores)
-    it = iter(loader)
+    source = get_source("sample") if args.data == "sample" else get_source("local", path=args.data_dir,
+                                                                             val_fraction=0.05)
+    per_batch = args.batch_size * args.seq_len
+    n = max(2, -(-args.tokens // per_batch))
+    check = hashlib.sha1()
     t0 = time.perf_counter()
-    next(it)
-    first = time.perf_counter() - t0
-    tokens = 0
-    t1 = time.perf_counter()
-    while tokens < args.tokens:
-        inputs, _ = next(it)
-        tokens += inputs.numel()
-    dt = time.perf_counter() - t1
-    it.close()
-    stats = loader.stats
-    print(json.dumps({"tok_s": tokens / dt, "first_batch_s": first, "cropped_fraction": stats["cropped_fraction"],
-                      "epochs": stats["epoch"], "cores": cores}))
+    if args.impl == "ours":
+        loader = PackingLoader(source, tok, args.batch_size, args.seq_len, buffer_docs=args.buffer_docs,
+                               tokenizer_threads=args.cores, packing=args.packing)
+        it = iter(loader)
+    else:
+        peer_packing = "bestfit" if args.packing == "cropfit" else args.packing
+        it = peer_batches(source.files("train"), tok, args.batch_size, args.seq_len, peer_packing, args.cores,
+                          buffer_size=args.buffer_docs)
+    first = None
+    for k in range(n):
+        inputs, targets = next(it)
+        if k < 4:
+            _digest(check, inputs, targets)
+        if first is None:
+            first = time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    out = {"tok_s": n * per_batch / dt, "first_batch_s": first, "digest": check.hexdigest(), "cores": cores}
+    if args.impl == "ours":
+        it.close()
+        stats = loader.stats
+        out.update(tokenized_tok_s=stats["tokens_read"] / dt, cropped_fraction=stats["cropped_fraction"],
+                   epochs=stats["epoch"])
+    print(json.dumps(out))
 
 
-def run_config(data: str, data_dir: str, cores: int, tok_dir: str, opts: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--data", data, "--data-dir", data_dir, "--cores", str(cores),
-           "--tokenizer-dir", tok_dir, "--tokens", str(opts.tokens), "--batch-size", str(opts.batch_size),
-           "--seq-len", str(opts.seq_len), "--buffer-docs", str(opts.buffer_docs)]
+def run_config(impl: str, packing: str, data: str, data_dir: str, cores: int, tok_dir: str,
+               opts: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--packing", packing, "--data", data,
+           "--data-dir", data_dir, "--cores", str(cores), "--tokenizer-dir", tok_dir, "--tokens", str(opts.tokens),
+           "--batch-size", str(opts.batch_size), "--seq-len", str(opts.seq_len), "--buffer-docs",
+           str(opts.buffer_docs)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"worker failed:\n{proc.stderr[-3000:]}")
@@ -161,12 +231,16 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--mb", type=float, default=None, help="size of the generated FineWeb-like set")
     ap.add_argument("--vocab", type=int, default=32768)
-    ap.add_argument("--tokenizer", default=None, help="a saved nanochat tokenizer folder")
-    ap.add_argument("--tokens", type=int, default=None, help="tokens measured per run")
+    ap.add_argument("--tokenizer", default=None, help="a saved nanochat tokenizer folder (default: train one)")
+    ap.add_argument("--tokens", type=int, default=None, help="tokens handed out per run")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--buffer-docs", type=int, default=1000)
+    ap.add_argument("--packings", default="bestfit,cropfit,concat")
+    ap.add_argument("--core-counts", default="1,2")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
+    ap.add_argument("--packing", default="bestfit", help=argparse.SUPPRESS)
     ap.add_argument("--data", default="sample", help=argparse.SUPPRESS)
     ap.add_argument("--data-dir", default="", help=argparse.SUPPRESS)
     ap.add_argument("--cores", type=int, default=1, help=argparse.SUPPRESS)
@@ -188,20 +262,27 @@ def main() -> None:
 
     tok = Tokenizer.load(tok_dir)
     print(f"tokenizer: {tok_dir} (vocab {tok.vocab_size:,}); batch {args.batch_size} x {args.seq_len}, "
-          f"buffer {args.buffer_docs} docs, {args.tokens:,} tokens per run, {reps} rep(s)")
+          f"buffer {args.buffer_docs} docs, {args.tokens:,} tokens per run, {reps} rep(s)", flush=True)
     max_cores = len(os.sched_getaffinity(0))
     results = {}
     for data, data_dir in (("sample", ""), ("fineweb", str(fw))):
-        for cores in (1, 2):
-            if cores > max_cores:
-                continue
-            runs = [run_config(data, data_dir, cores, tok_dir, args) for _ in range(reps)]
-            med = statistics.median(r["tok_s"] for r in runs)
-            crop = runs[0]["cropped_fraction"]
-            results[f"{data}_{cores}core"] = {"tok_s": med, "cropped_fraction": crop, "runs": runs}
-            print(f"loader[{data}, {cores} core{'s' if cores > 1 else ''}, {cores} tokenizer thread"
-                  f"{'s' if cores > 1 else ''}]: {med:,.0f} tok/s (target {TARGET}, ratio {med / TARGET:.2f}); "
-                  f"cropped-token fraction {crop:.3f}; first batch {runs[0]['first_batch_s']:.2f} s", flush=True)
+        for cores in [int(c) for c in args.core_counts.split(",") if int(c) <= max_cores]:
+            for packing in args.packings.split(","):
+                runs: dict[str, list[dict]] = {"ours": [], "peer": []}
+                for _ in range(reps):  # interleaved, so load changes hit both alike
+                    for impl in ("ours", "peer"):
+                        runs[impl].append(run_config(impl, packing, data, data_dir, cores, tok_dir, args))
+                ours = statistics.median(r["tok_s"] for r in runs["ours"])
+                peer = statistics.median(r["tok_s"] for r in runs["peer"])
+                tokenized = statistics.median(r["tokenized_tok_s"] for r in runs["ours"])
+                crop = runs["ours"][0]["cropped_fraction"]
+                same = runs["ours"][0]["digest"] == runs["peer"][0]["digest"]
+                name = f"loader_{packing}_{data}_{cores}core"
+                results[name] = {"ours_tok_s": ours, "peer_tok_s": peer, "tokenized_tok_s": tokenized,
+                                 "cropped_fraction": crop, "same_batches_as_peer": same, "runs": runs}
+                print(f"{name}: ours {ours:,.0f}, peer {peer:,.0f}, ratio {ours / peer:.2f} (tok/s; ours tokenizes "
+                      f"{tokenized:,.0f} tok/s; cropped-token fraction {crop:.3f}; first 4 batches "
+                      f"{'identical to' if same else 'differ from'} the peer's)", flush=True)
     (RESULTS / "loader_throughput.json").write_text(json.dumps(results, indent=1))
 
 

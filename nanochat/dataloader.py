@@ -158,15 +158,15 @@ class PackingLoader:
         epochs: passes over the data; None = forever (default for train), 1 for val.
         max_batches: stop each iteration after this many batches.
         prefetch: batches prepared ahead by the background thread.
-        read_docs: documents tokenized per chunk; None = 128 for bestfit (its refill size, which decides what
-            the buffer holds), 1024 otherwise (any size gives the same batches).
+        read_docs: documents tokenized per chunk (the reference's tokenizer batch, 128); for bestfit it is also
+            the refill size, which decides what the buffer holds; other packings give the same batches for any.
     """
 
     def __init__(self, source: Source, tokenizer: Any, batch_size: int, seq_len: int, split: str = "train",
                  rank: int = 0, world_size: int = 1, buffer_docs: int = REFERENCE_BUFFER_DOCS,
                  tokenizer_threads: int = 4, device: str | torch.device = "cpu", cursor: dict | None = None,
                  epochs: int | None | str = "auto", max_batches: int | None = None, prefetch: int = 4,
-                 bos_token_id: int | None = None, read_docs: int | None = None, packing: str = "bestfit"):
+                 bos_token_id: int | None = None, read_docs: int = REFERENCE_REFILL_DOCS, packing: str = "bestfit"):
         if batch_size < 1 or seq_len < 1:
             raise NanochatError(f"batch_size and seq_len must be >= 1 (got {batch_size}, {seq_len})")
         if not 0 <= rank < world_size:
@@ -186,8 +186,6 @@ class PackingLoader:
         self.epochs = (None if split == "train" else 1) if epochs == "auto" else epochs
         self.max_batches = max_batches
         self.prefetch = max(1, prefetch)
-        if read_docs is None:
-            read_docs = REFERENCE_REFILL_DOCS if packing == "bestfit" else 1024
         self.read_docs = max(1, read_docs)
         self._encode, self.bos_token_id = _make_encoder(tokenizer, bos_token_id, self.tokenizer_threads)
         self._stream = _Stream(source, split, rank, world_size)
