@@ -1,0 +1,156 @@
+"""lm-eval bridge: local tasks (multiple choice, rolling perplexity, generation) score like direct computation."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("lm_eval")
+
+from nanochat.checkpoint import export_model  # noqa: E402
+from nanochat.common import NanochatError  # noqa: E402
+from nanochat.gpt import GPT, GPTConfig  # noqa: E402
+from nanochat.tokenizer import Tokenizer  # noqa: E402
+
+DOCS = [
+    {"question": "The sky is", "choices": ["blue", "green", "made of cheese"], "answer": 0,
+     "text": "The quick brown fox jumps over the lazy dog."},
+    {"question": "Two plus two is", "choices": ["four", "five"], "answer": 0,
+     "text": "Seven wizards judge boxing matches in Prague, " * 4},
+]
+
+
+def _task_yaml(name, data, output_type, extra):
+    return (f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+            f"  cache_dir: {data.parent / 'hf_cache'}\ntest_split: test\noutput_type: {output_type}\n{extra}")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lmeval")
+    tok = Tokenizer.byte_level()
+    torch.manual_seed(0)
+    model = GPT.build(GPTConfig(sequence_len=48, vocab_size=tok.vocab_size, n_layer=1, n_head=1, n_kv_head=1,
+                                n_embd=32))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    export_model(model, tok, root / "model", meta={"stage": "base"})
+    data = root / "tasks" / "data.jsonl"
+    data.parent.mkdir()
+    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    (data.parent / "mc.yaml").write_text(_task_yaml("nc_tiny_mc", data, "multiple_choice",
+        'doc_to_text: "{{question}}"\ndoc_to_target: answer\ndoc_to_choice: "{{choices}}"\n'
+        "metric_list:\n  - metric: acc\n"))
+    (data.parent / "ppl.yaml").write_text(_task_yaml("nc_tiny_ppl", data, "loglikelihood_rolling",
+        'doc_to_text: ""\ndoc_to_target: "{{text}}"\nmetric_list:\n  - metric: word_perplexity\n'
+        "  - metric: bits_per_byte\n"))
+    (data.parent / "gen.yaml").write_text(_task_yaml("nc_tiny_gen", data, "generate_until",
+        'doc_to_text: "{{question}}"\ndoc_to_target: "{{choices[0]}}"\n'
+        'generation_kwargs:\n  until: ["."]\n  max_gen_toks: 6\n  do_sample: false\n'
+        "metric_list:\n  - metric: exact_match\n"))
+    return root, model.eval(), tok
+
+
+def _direct_loglik(model, tok, context: str, continuation: str) -> float:
+    ctx = [tok.bos_token_id] + tok.encode(context)
+    whole = [tok.bos_token_id] + tok.encode(context + continuation)
+    with torch.no_grad():
+        logp = F.log_softmax(model(torch.tensor([whole[:-1]])), -1)[0]
+    return sum(float(logp[i - 1, whole[i]]) for i in range(len(ctx), len(whole)))
+
+
+def test_local_tasks_match_direct_computation(setup, monkeypatch):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import nanochat.lm_eval_bridge  # noqa: F401  registers "nanochat"
+
+    root, model, tok = setup
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    out = lm_eval.simple_evaluate(
+        model="nanochat", model_args=f"path={root / 'model'}", tasks=["nc_tiny_mc", "nc_tiny_ppl", "nc_tiny_gen"],
+        batch_size=3, device="cpu", log_samples=True, task_manager=TaskManager(include_path=str(root / "tasks"), include_defaults=False))
+    res = out["results"]
+    assert 0.0 <= res["nc_tiny_mc"]["acc,none"] <= 1.0 and res["nc_tiny_ppl"]["word_perplexity,none"] > 1.0
+    # multiple choice: every choice's log-likelihood is the direct sum (lm-eval puts " " before the choice)
+    for sample in out["samples"]["nc_tiny_mc"]:
+        doc = sample["doc"]
+        got = [float(r[0][0]) for r in sample["resps"]]
+        want = [_direct_loglik(model, tok, doc["question"], " " + c) for c in doc["choices"]]
+        assert got == pytest.approx(want, abs=1e-4)
+        assert sample["acc"] == float(max(range(len(want)), key=want.__getitem__) == doc["answer"])
+    # rolling: the first document is shorter than the context, so one window from <|bos|>
+    first = next(s for s in out["samples"]["nc_tiny_ppl"] if s["doc"]["text"] == DOCS[0]["text"])
+    ids = [tok.bos_token_id] + tok.encode(DOCS[0]["text"])
+    with torch.no_grad():
+        logp = F.log_softmax(model(torch.tensor([ids[:-1]])), -1)[0]
+    want = float(logp.gather(-1, torch.tensor(ids[1:])[:, None]).sum())
+    assert float(first["resps"][0][0]) == pytest.approx(want, abs=1e-4)
+    # generation: greedy, cut at the stop string
+    gen = next(s for s in out["samples"]["nc_tiny_gen"] if s["doc"]["question"] == DOCS[0]["question"])
+    greedy = tok.decode(list(model.generate([tok.bos_token_id] + tok.encode(DOCS[0]["question"]), 6,
+                                            temperature=0.0)))
+    assert gen["resps"][0][0] == greedy.split(".")[0]
+
+
+def test_long_documents_roll_over_windows(setup):
+    from lm_eval.api.instance import Instance
+
+    from nanochat.lm_eval_bridge import NanochatLM
+
+    _, model, tok = setup
+    lm = NanochatLM(model=model, tokenizer=tok, batch_size=4)
+    text = DOCS[1]["text"] * 3  # 552 bytes: a dozen 48-token windows, the last one partial
+    req = Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)
+    (total,) = lm.loglikelihood_rolling([req], disable_tqdm=True)
+    ids = [tok.bos_token_id] + tok.encode(text)
+    direct = 0.0
+    with torch.no_grad():  # blocks of 48 predictions, each token once; the last block reads a full window
+        for start in range(1, len(ids), 48):
+            end = min(start + 48, len(ids))
+            lo = max(0, end - 49)
+            logp = F.log_softmax(model(torch.tensor([ids[lo: end - 1]])), -1)[0]
+            direct += sum(float(logp[i - 1 - lo, ids[i]]) for i in range(start, end))
+    assert len(ids) % 48 != 1 and total == pytest.approx(direct, rel=1e-5)
+
+
+def test_bad_model_args_are_clear(setup, tmp_path):
+    from nanochat.lm_eval_bridge import NanochatLM, main
+
+    with pytest.raises(NanochatError, match="no model at"):
+        NanochatLM(path=str(tmp_path / "nowhere"))
+    with pytest.raises(NanochatError, match="unknown nanochat model_args"):
+        NanochatLM(path=str(setup[0] / "model"), colour="red")
+
+
+def test_cli_registers_and_defaults_the_model(monkeypatch):
+    import lm_eval.__main__ as lm_main
+
+    from nanochat import lm_eval_bridge
+
+    seen = []
+    monkeypatch.setattr(lm_main, "cli_evaluate", lambda: seen.append(list(__import__("sys").argv)))
+    assert lm_eval_bridge.main(["--model_args", "path=latest:base", "--tasks", "x"]) == 0
+    assert lm_eval_bridge.main(["--model", "hf", "--tasks", "x"]) == 0
+    assert seen[0][1:3] == ["--model", "nanochat"] and seen[1][1:3] == ["--model", "hf"]
+    from lm_eval.api.registry import get_model, model_registry
+
+    assert get_model("nanochat") is lm_eval_bridge.NanochatLM
+    assert "hf" in model_registry and "dummy" in model_registry  # lm-eval's own models stay available
+
+
+@pytest.mark.slow
+def test_cli_end_to_end(setup, tmp_path, capsys):
+    """The real lm_eval command line (it indexes every built-in task first: ~20 s)."""
+    from nanochat.lm_eval_bridge import main
+
+    tasks = str(setup[0] / "tasks")
+    assert main(["--model_args", f"path={setup[0] / 'model'}", "--tasks", "nc_tiny_mc", "--include_path", tasks,
+                 "--batch_size", "2"]) == 0
+    assert "nc_tiny_mc" in capsys.readouterr().out
+    assert main(["--model_args", f"path={tmp_path / 'nowhere'}", "--tasks", "nc_tiny_mc",
+                 "--include_path", tasks]) == 1
+    assert "error: no model at" in capsys.readouterr().err
