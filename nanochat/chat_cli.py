@@ -72,7 +72,8 @@ def load_session(args) -> tuple[ChatSession, object]:
     return ChatSession(engines[0], tokenizer, info.sequence_len, sampling, args.system), info
 
 
-def interactive(session: ChatSession, info, stdin=sys.stdin, out=sys.stdout) -> None:
+def interactive(session: ChatSession, info, stdin=None, out=None) -> None:
+    stdin, out = stdin or sys.stdin, out or sys.stdout
     tty = stdin.isatty()
     out.write(f"nanochat · {info.id} ({info.size} parameters, stage {info.stage})\n"
               "Type a message; 'clear' starts over, 'quit' or Ctrl-D ends.\n")

@@ -85,14 +85,15 @@ def build_ui(pool: ModelPool, info: ModelInfo, limits: Limits, defaults: Samplin
         ]
         gr.ChatInterface(
             respond,
-            chatbot=gr.Chatbot(height=520, placeholder="Ask me anything — replies stream as they are sampled.",
-                               buttons=["copy"], feedback_options=None, elem_id="nc-chat"),
+            chatbot=gr.Chatbot(height=480, placeholder="Ask me anything — replies stream as they are sampled.",
+                               buttons=["copy"], feedback_options=None, elem_id="nc-chat", show_label=False),
             textbox=gr.Textbox(placeholder="Message nanochat…", max_length=limits.max_message_chars,
                                submit_btn=True, stop_btn=True, elem_id="nc-input", show_label=False),
             additional_inputs=controls,
-            additional_inputs_accordion=gr.Accordion("Sampling", open=False),
-            examples=[[e, defaults.temperature, defaults.top_k or 0, min(defaults.max_tokens, info.sequence_len)]
-                      for e in EXAMPLES],
+            additional_inputs_accordion=gr.Accordion("Sampling: temperature, top-k, length", open=False,
+                                                     render=False),
+            # prompt-only examples: shown as buttons in the empty chat, sampled with the current slider values
+            examples=[[e] for e in EXAMPLES],
             run_examples_on_click=True,
             cache_examples=False,
             concurrency_limit=None,  # the ModelPool queues; Gradio's own queue must not serialise on top of it
