@@ -1,0 +1,345 @@
+"""CORE evaluation: hand-computed scores with a scripted model, few-shot determinism, cropping, the bundle."""
+import csv
+import http.server
+import io
+import json
+import random
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanochat.common import NanochatError, shared_data_dir
+from nanochat.core_eval import (TaskError, TaskSpec, centered, crop_left, ensure_bundle, evaluate_core,
+                                evaluate_task, fewshot_indices, load_bundle, load_task_data, render_prompts)
+from nanochat.tokenizer import Tokenizer
+
+TOK = Tokenizer.byte_level()  # token id = byte value, <|bos|> = 256
+V = TOK.vocab_size
+
+
+class BigramModel(torch.nn.Module):
+    """Scripted model: the logits at each position depend only on the current token, through a fixed table."""
+
+    def __init__(self, max_seq_len=None):
+        super().__init__()
+        table = torch.zeros(V, V)
+        table[:, ord("Y")] = 5.0             # multiple choice: "Y" is always likely
+        table[ord("A"), ord(" ")] = 6.0      # schema: a space is likely after "A"
+        for a, b in ("ab", "bc", "c=", "=d", "de"):  # language modeling: a -> b -> c -> = -> d -> e
+            table[ord(a), ord(b)] = 10.0
+        self.register_buffer("table", table)
+        self.max_seq_len = max_seq_len
+        self.seen = []
+
+    def forward(self, idx):
+        self.seen.append(idx.clone())
+        if self.max_seq_len is not None:
+            assert idx.shape[1] <= self.max_seq_len
+        return self.table[idx]
+
+
+MC_ROWS = [
+    {"query": "q1", "choices": ["N", "YYYYYYY"], "gold": 1},  # mean loss picks YYYYYYY (a sum would pick N)
+    {"query": "q2", "choices": ["YY", "NN"], "gold": 1},       # picks YY: wrong
+    {"query": "q3", "choices": ["NY", "YN", "NN"], "gold": 0},  # NY and YN tie exactly: the first wins
+]
+SCHEMA_ROWS = [
+    {"context_options": ["I saw A", "I saw B"], "continuation": "Z", "gold": 0},  # " " after A: right
+    {"context_options": ["it was B", "it was A"], "continuation": "Z", "gold": 0},  # picks option 1: wrong
+    {"context_options": ["xA", "yA"], "continuation": "Z", "gold": 1},  # common suffix "A Z": tie, picks 0
+]
+LM_ROWS = [
+    {"context": "abc", "continuation": "de"},    # c -> = -> d -> e: right
+    {"context": "abc", "continuation": "dx"},    # x is not predicted: wrong
+    {"context": "  abc \n", "continuation": "d"},  # context is stripped before the delimiter: right
+]
+
+
+def spec(task_type, delimiter, shots=0, baseline=0.0, label="t"):
+    return TaskSpec(label, task_type, shots, delimiter, Path("unused.jsonl"), baseline)
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_hand_computed_accuracy_per_type(batch_size):
+    model = BigramModel()
+    mc = evaluate_task(model, TOK, spec("multiple_choice", " ", baseline=25.0), MC_ROWS, batch_size=batch_size,
+                       progress=False)
+    assert mc["accuracy"] == pytest.approx(2 / 3) and mc["n"] == 3
+    assert mc["centered"] == pytest.approx((2 / 3 - 0.25) / 0.75)
+    sc = evaluate_task(model, TOK, spec("schema", " "), SCHEMA_ROWS, batch_size=batch_size, progress=False)
+    assert sc["accuracy"] == pytest.approx(1 / 3)
+    lm = evaluate_task(model, TOK, spec("language_modeling", "="), LM_ROWS, batch_size=batch_size, progress=False)
+    assert lm["accuracy"] == pytest.approx(2 / 3)
+    if batch_size > 1:  # several examples really shared a forward pass
+        assert max(x.shape[0] for x in model.seen) > 3
+
+
+def test_centered():
+    assert centered(0.5, 25.0) == pytest.approx(1 / 3)
+    assert centered(0.25, 25.0) == 0.0
+    assert centered(1.0, 50.0) == 1.0
+    assert centered(0.3, 0.0) == pytest.approx(0.3)
+
+
+def test_render_prompts_exact_text():
+    shot = [{"query": "E1", "choices": ["x", "y"], "gold": 1}]
+    assert render_prompts("multiple_choice", {"query": "Q", "choices": ["a", "b"], "gold": 0}, "\nAnswer: ", shot) \
+        == ["E1\nAnswer: y\n\nQ\nAnswer: a", "E1\nAnswer: y\n\nQ\nAnswer: b"]
+    shot = [{"context_options": ["o1", "o2"], "continuation": "c", "gold": 0}]
+    assert render_prompts("schema", {"context_options": ["p", "q"], "continuation": "k", "gold": 1}, " ", shot) \
+        == ["o1 c\n\np k", "o1 c\n\nq k"]
+    shot = [{"context": "  c1 ", "continuation": "k1"}]
+    assert render_prompts("language_modeling", {"context": "ctx ", "continuation": "k"}, " ", shot) \
+        == ["c1 k1\n\nctx", "c1 k1\n\nctx k"]
+
+
+def test_fewshot_determinism():
+    got = fewshot_indices(5, 20, 3)
+    assert got == random.Random(1234 + 5).sample([i for i in range(20) if i != 5], 3)
+    assert got == fewshot_indices(5, 20, 3) and 5 not in got
+    assert all(i not in fewshot_indices(i, 10, 9) for i in range(10))
+    assert fewshot_indices(0, 3, 10) == random.Random(1234).sample([1, 2], 2)  # capped at the other rows
+    assert fewshot_indices(0, 1, 3) == []
+
+
+def test_model_sees_the_fewshot_prompt():
+    rows = [{"context": f"c{i}", "continuation": f"k{i}"} for i in range(6)]
+    model = BigramModel()
+    evaluate_task(model, TOK, spec("language_modeling", " ", shots=2), rows, batch_size=1, progress=False)
+    first = TOK.decode(model.seen[0][0].tolist())
+    shots = fewshot_indices(0, 6, 2)
+    assert first == "<|bos|>" + "".join(f"c{i} k{i}\n\n" for i in shots) + "c0 k0"
+
+
+def test_left_cropping():
+    assert crop_left(list(range(10)), 6, 10, 4) == ([6, 7, 8, 9], 1, 4)  # start clamped: token 0 has no prediction
+    assert crop_left(list(range(10)), 8, 10, 4) == ([6, 7, 8, 9], 2, 4)
+    assert crop_left([1, 2, 3], 1, 3, 8) == ([1, 2, 3], 1, 3)
+    long_rows = [{"context": "q" * 200 + "abc", "continuation": "de"}, {"context": "z" * 50 + "abc",
+                                                                         "continuation": "dx"}]
+    model = BigramModel(max_seq_len=8)
+    res = evaluate_task(model, TOK, spec("language_modeling", "="), long_rows, max_seq_len=8, batch_size=2,
+                        progress=False)
+    assert res["accuracy"] == 0.5  # the continuation survives the crop and is still scored
+    assert all(x.shape[1] <= 8 for x in model.seen)
+    mc = [{"query": "w" * 100, "choices": ["N", "YYYYYYY"], "gold": 1}]
+    model = BigramModel(max_seq_len=12)
+    assert evaluate_task(model, TOK, spec("multiple_choice", " "), mc, max_seq_len=12, progress=False)["accuracy"] == 1
+
+
+def test_context_length_from_model_config():
+    from nanochat.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(sequence_len=16, vocab_size=V, n_layer=1, n_head=1, n_kv_head=1, n_embd=64))
+    gpt.init_weights()
+    rows = [{"query": "x" * 40, "choices": ["a", "b"], "gold": 0}]
+    assert evaluate_task(gpt, TOK, spec("multiple_choice", " "), rows, progress=False)["n"] == 1
+
+
+def test_batched_equals_one_at_a_time():
+    from nanochat.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(sequence_len=64, vocab_size=V, n_layer=1, n_head=1, n_kv_head=1, n_embd=64))
+    gpt.init_weights()
+    torch.nn.init.normal_(gpt.lm_head.weight, std=0.5)
+    rng = random.Random(0)
+    rows = [{"query": "".join(rng.choice("abc ") for _ in range(rng.randint(3, 30))),
+             "choices": ["".join(rng.choice("xyz") for _ in range(rng.randint(1, 6))) for _ in range(3)],
+             "gold": rng.randint(0, 2)} for _ in range(24)]
+    s = spec("multiple_choice", " ", shots=1)
+    one = evaluate_task(gpt, TOK, s, rows, batch_size=1, progress=False)
+    many = evaluate_task(gpt, TOK, s, rows, batch_size=7, max_batch_tokens=300, progress=False)
+    assert one["accuracy"] == many["accuracy"] and 0 < one["accuracy"] < 1
+
+
+def test_bad_row_fails_only_its_task(tmp_path):
+    bundle = write_bundle(tmp_path / "b", {"mc": MC_ROWS, "schema": SCHEMA_ROWS + [{"context_options": "oops"}],
+                                           "lm": LM_ROWS})
+    res = evaluate_core(BigramModel(), TOK, bundle, progress=False)
+    assert res["failed"] == ["schema"] and "context_options" in res["tasks"]["schema"]["error"]
+    assert res["tasks"]["mc"]["accuracy"] == pytest.approx(2 / 3)
+    assert res["core"] == pytest.approx(((2 / 3 - 0.25) / 0.75 + 2 / 3) / 2)
+    with pytest.raises(TaskError):
+        evaluate_task(BigramModel(), TOK, spec("multiple_choice", " "), [{"query": "q", "choices": ["a"],
+                                                                          "gold": 3}], progress=False)
+
+
+def write_bundle(folder: Path, tasks: dict, zip_root: str | None = None) -> Path:
+    """A CORE bundle with tasks 'mc' (MC, baseline 25%), 'schema' (0%) and 'lm' (delimiter '=', 0%)."""
+    meta = {"mc": ("multiple_choice", " ", 25.0), "schema": ("schema", " ", 0.0), "lm": ("language_modeling", "=", 0.0)}
+    (folder / "eval_data" / "sub").mkdir(parents=True)
+    lines = ["icl_tasks:"]
+    for label, rows in tasks.items():
+        kind, delim, _ = meta[label]
+        (folder / "eval_data" / "sub" / f"{label}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        lines += [f"- label: {label}", f"  dataset_uri: sub/{label}.jsonl", "  num_fewshot: [0]",
+                  f"  icl_task_type: {kind}", f"  continuation_delimiter: {json.dumps(delim)}"]
+    (folder / "core.yaml").write_text("\n".join(lines) + "\n")
+    with open(folder / "eval_meta_data.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Eval Task", "Task Category", "Random baseline"])
+        for label in tasks:
+            w.writerow([label, "x", meta[label][2]])
+    return folder
+
+
+def test_core_over_a_hand_bundle(tmp_path):
+    bundle = write_bundle(tmp_path / "b", {"mc": MC_ROWS, "schema": SCHEMA_ROWS, "lm": LM_ROWS})
+    res = evaluate_core(BigramModel(), TOK, bundle, progress=False, batch_size=2)
+    expected = [(2 / 3 - 0.25) / 0.75, 1 / 3, 2 / 3]
+    assert [res["tasks"][k]["centered"] for k in ("mc", "schema", "lm")] == pytest.approx(expected)
+    assert res["core"] == pytest.approx(sum(expected) / 3) and res["failed"] == []
+    assert evaluate_core(BigramModel(), TOK, bundle, progress=False, max_per_task=1)["tasks"]["lm"]["n"] == 1
+    assert list(evaluate_core(BigramModel(), TOK, bundle, progress=False, tasks=["lm"])["tasks"]) == ["lm"]
+
+
+def test_shuffle_and_cut(tmp_path):
+    rows = [{"context": str(i), "continuation": "x"} for i in range(30)]
+    bundle = write_bundle(tmp_path / "b", {"lm": rows})
+    spec_ = load_bundle(bundle)[0]
+    data = load_task_data(spec_, max_per_task=5)
+    expected = list(rows)
+    random.Random(1337).shuffle(expected)
+    assert data == expected[:5]
+
+
+def test_corrupt_or_missing_files(tmp_path):
+    bundle = write_bundle(tmp_path / "b", {"mc": MC_ROWS, "lm": LM_ROWS})
+    (bundle / "eval_data" / "sub" / "lm.jsonl").write_text('{"context": "a", "continuation": "b"}\n{oops\n')
+    with pytest.raises(NanochatError, match="lm.jsonl line 2"):
+        evaluate_core(BigramModel(), TOK, bundle, progress=False)
+    (bundle / "eval_data" / "sub" / "lm.jsonl").unlink()
+    with pytest.raises(NanochatError, match="missing task data"):
+        load_bundle(bundle)
+    (bundle / "core.yaml").write_text("icl_tasks: [\n")
+    with pytest.raises(NanochatError, match="not valid YAML"):
+        load_bundle(bundle)
+    (bundle / "core.yaml").write_text("icl_tasks:\n- label: mc\n  dataset_uri: sub/mc.jsonl\n"
+                                      "  num_fewshot: [0]\n  icl_task_type: generation\n")
+    with pytest.raises(NanochatError, match="unknown icl_task_type"):
+        load_bundle(bundle)
+    (bundle / "core.yaml").unlink()
+    with pytest.raises(NanochatError, match="has no core.yaml"):
+        load_bundle(bundle)
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Download from a local HTTP server
+
+
+def bundle_zip(tmp_path: Path) -> bytes:
+    src = write_bundle(tmp_path / "src", {"mc": MC_ROWS, "lm": LM_ROWS})
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                zf.write(p, "eval_bundle/" + p.relative_to(src).as_posix())
+    return buf.getvalue()
+
+
+@pytest.fixture()
+def server():
+    state = {"body": b"", "hits": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            state["hits"] += 1
+            body = state["body"]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    state["url"] = f"http://127.0.0.1:{httpd.server_address[1]}/eval_bundle.zip"
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_download_extract_and_reuse(tmp_path, server):
+    server["body"] = bundle_zip(tmp_path)
+    dest = tmp_path / "cache" / "eval_bundle"
+    specs = load_bundle(dest, url=server["url"], progress=False)
+    assert [s.label for s in specs] == ["mc", "lm"] and server["hits"] == 1
+    assert (dest / "core.yaml").is_file() and not (dest.parent / "eval_bundle.zip").exists()
+    res = evaluate_core(BigramModel(), TOK, dest, url=server["url"], progress=False)
+    assert res["tasks"]["mc"]["accuracy"] == pytest.approx(2 / 3) and server["hits"] == 1  # not fetched again
+
+
+def test_download_rejects_a_corrupt_zip(tmp_path, server):
+    good = bundle_zip(tmp_path)
+    server["body"] = good[: len(good) // 2] + b"\0" * (len(good) - len(good) // 2)
+    dest = tmp_path / "cache" / "eval_bundle"
+    with pytest.raises(NanochatError, match="eval bundle download failed"):
+        ensure_bundle(dest, url=server["url"], retries=1, backoff=0.01, progress=False)
+    assert not dest.exists() and server["hits"] == 2
+    server["body"] = good
+    assert (ensure_bundle(dest, url=server["url"], retries=0, progress=False) / "eval_meta_data.csv").is_file()
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# The real task files on a tiny random model
+
+# Tasks of the DCLM set that llm-foundry's files do not describe: (type, few-shot, baseline %)
+EXTRA = {"bigbench_cs_algorithms": ("language_modeling", 10, 0.0),
+         "bigbench_language_identification": ("multiple_choice", 10, 25.0),
+         "bigbench_repeat_copy_logic": ("language_modeling", 10, 0.0)}
+
+
+def real_bundle(tmp_path: Path) -> Path:
+    import yaml
+
+    root = shared_data_dir()
+    src = root / "core_eval" if root else None
+    if src is None or not (src / "eval_data").is_dir():
+        pytest.skip("shared CORE task files not present")
+    tasks = yaml.safe_load((src / "llm-foundry_tasks_v0.3.yaml").read_text())["icl_tasks"]
+    gauntlet = yaml.safe_load((src / "llm-foundry_eval_gauntlet_v0.3.yaml").read_text())["eval_gauntlet"]
+    baselines = {b["name"]: 100.0 * b["random_baseline"] for c in gauntlet["categories"] for b in c["benchmarks"]}
+    files = {p.name for p in (src / "eval_data").glob("*.jsonl")}
+    out, rows = [], []
+    for t in tasks:
+        name = Path(t["dataset_uri"]).name
+        if name in files and t["label"] not in EXTRA:
+            out.append({"label": t["label"], "dataset_uri": name, "num_fewshot": t["num_fewshot"][:1],
+                        "icl_task_type": t["icl_task_type"],
+                        "continuation_delimiter": t.get("continuation_delimiter", " ")})
+            rows.append((t["label"], baselines[t["label"]]))
+    for label, (kind, shots, base) in EXTRA.items():
+        out.append({"label": label, "dataset_uri": f"{label}.jsonl", "num_fewshot": [shots], "icl_task_type": kind})
+        rows.append((label, base))
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "eval_data").symlink_to(src / "eval_data")  # read in place, never copied
+    (bundle / "core.yaml").write_text(yaml.safe_dump({"icl_tasks": out}))
+    with open(bundle / "eval_meta_data.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Eval Task", "Random baseline"])
+        w.writerows(rows)
+    return bundle
+
+
+def test_real_task_files_on_a_tiny_model(tmp_path):
+    from nanochat.gpt import GPT, GPTConfig
+
+    bundle = real_bundle(tmp_path)
+    assert len(load_bundle(bundle)) == 18
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(sequence_len=48, vocab_size=V, n_layer=1, n_head=1, n_kv_head=1, n_embd=64))
+    gpt.init_weights()
+    torch.nn.init.normal_(gpt.lm_head.weight, std=0.1)
+    res = evaluate_core(gpt, TOK, bundle, max_per_task=3, batch_size=8, progress=False)
+    assert res["failed"] == [] and len(res["tasks"]) == 18
+    assert all(r["n"] == 3 and 0 <= r["accuracy"] <= 1 for r in res["tasks"].values())
+    assert -2 < res["core"] < 1
