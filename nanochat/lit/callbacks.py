@@ -49,12 +49,21 @@ class ThroughputMFU(L.Callback):
         self._t0 = None
         self._step_seen = -1
         self.history: list[tuple[int, float, float]] = []  # (step, tok/s, mfu)
+        self.supervised_history: list[float] = []  # supervised (target >= 0) tokens/s per step
+        self._tokens = self._supervised = 0
+
+    def on_train_start(self, trainer, pl_module):
+        self._step_seen = trainer.global_step  # a resumed run counts from the checkpoint's step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self._t0 is None:
             self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # real token counts when the batch has them (chat rows are padded to their micro-batch's longest)
+        if isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[1], torch.Tensor):
+            self._tokens += batch[0].numel()
+            self._supervised += int((batch[1] >= 0).sum())
         step = trainer.global_step
         if step == self._step_seen:
             return  # mid-accumulation
@@ -64,13 +73,18 @@ class ThroughputMFU(L.Callback):
         now = time.perf_counter()
         dt = now - self._t0
         self._t0 = now
-        tok_s = self.tokens_per_step / dt
         world = trainer.world_size
+        counted = self._tokens > 0
+        tok_s = (self._tokens * world if counted else self.tokens_per_step) / dt
         mfu = self.flops_per_token * tok_s / (self.peak_flops * world) if self.peak_flops else float("nan")
         self.history.append((step, tok_s, mfu))
+        metrics = {"perf/tok_per_s": tok_s, "perf/mfu": mfu, "perf/step_s": dt}
+        if counted:
+            self.supervised_history.append(self._supervised * world / dt)
+            metrics["perf/supervised_tok_per_s"] = self.supervised_history[-1]
+        self._tokens = self._supervised = 0
         if step % self.log_every == 0:
-            pl_module.log_dict({"perf/tok_per_s": tok_s, "perf/mfu": mfu, "perf/step_s": dt}, on_step=True, on_epoch=False,
-                              prog_bar=True)
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=True)
 
     def on_validation_start(self, trainer, pl_module):
         self._t0 = None  # validation time is not training time

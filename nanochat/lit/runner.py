@@ -205,6 +205,9 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
         steady = throughput.history[1:] or throughput.history  # the first step includes one-off warm-up
         summary.update(tok_per_s=statistics.median(r for _, r, _ in steady),
                        mfu=statistics.median(m for _, _, m in steady))
+        if throughput.supervised_history:
+            sup = throughput.supervised_history[1:] or throughput.supervised_history
+            summary["supervised_tok_per_s"] = statistics.median(sup)
     summary["samples"] = samples.samples
     if trainer.is_global_zero:
         model_dir = export_model(module.model, tokenizer, out / "model", meta={"stage": st.name, **summary})

@@ -14,18 +14,9 @@ def default_packing(cfg: DictConfig) -> str:
     packing = cfg.data.loader.get("packing")
     if packing:
         return packing
-    try:
-        from nanochat.dataloader import default_packing as preset_packing
-    except ImportError:
-        return "cropfit"
+    from nanochat.dataloader import default_packing as preset_packing
+
     return preset_packing(cfg.model.preset)
-
-
-import inspect as _inspect  # TEMP until the loader's packing lands
-
-from nanochat.lit.datamodule import NanochatDataModule as _DM
-
-_HAS_PACKING = "packing" in _inspect.signature(_DM.__init__).parameters
 
 
 def prepare(cfg: DictConfig, out: Path) -> StageRun:
@@ -46,7 +37,7 @@ def prepare(cfg: DictConfig, out: Path) -> StageRun:
         source=source_name, source_cfg=source_cfg, tokenizer=tokenizer, batch_size=hw.device_batch_size,
         seq_len=plan.seq_len, buffer_docs=cfg.data.loader.buffer_docs,
         tokenizer_threads=cfg.data.loader.tokenizer_threads, val_tokens=st.eval_tokens,
-        **({"packing": default_packing(cfg)} if _HAS_PACKING else {}),
+        packing=default_packing(cfg),
     )
     return StageRun(plan=plan, datamodule=dm, tokenizer=tokenizer, init_from=st.init_from,
                     sample_prompts=list(st.sample_prompts), info={"packing": default_packing(cfg)})

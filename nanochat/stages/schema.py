@@ -118,6 +118,9 @@ SCHEMA: dict[str, Spec] = {
     "stage.examples_per_step": POS_INT,
     "stage.num_epochs": POS_FLOAT,
     "stage.mask_prompts": Spec(bool),
+    "stage.device_batch_size": POS_INT,
+    "stage.eval_batches": POS_INT,
+    "stage.mixture": Spec(str),
     # tokenizer stage
     "stage.vocab_size": Spec(int, 265),
     "stage.max_chars": POS_INT,
