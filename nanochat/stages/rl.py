@@ -1,0 +1,199 @@
+"""stage=rl: reinforcement learning on GSM8K from the latest SFT model, with pass@k evaluation in the loop.
+
+Each step asks `examples_per_step` training questions `num_samples` times each (engine: temperature, top-k,
+calculator on), rewards a correct `####` answer with 1, and trains on -advantage x log-prob of the sampled
+tokens (advantage = reward - mean reward of the question's group; normalised by the step's sampled-token
+count; no KL). LR = 0.05 x the base LRs, linear decay to 0 over one epoch of GSM8K train (the reference's
+defaults). The pure pieces live in `nanochat.rl`, the step in `nanochat.lit.rl_module`; this file resolves the
+input model and data, prints the plan, runs the Trainer and leaves the run folder every stage leaves:
+`outputs/rl/<run_name>/` with config.yaml, tokenizer/, checkpoints/, logs/, summary.json and model/.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from nanochat.common import NanochatError, atomic_write_bytes
+from nanochat.stages.cli import run_dir
+from nanochat.stages.schema import POS_INT, Spec
+
+# stage keys only this stage has (the shared ones are checked by nanochat.stages.schema); null = the default
+RL_SCHEMA = {
+    "num_samples": POS_INT, "max_new_tokens": POS_INT, "temperature": Spec(float, 0.0, 2.0),
+    "top_k": Spec(int, 0, 200), "device_batch_size": POS_INT, "rollout_batch": POS_INT,
+    "eval_every": Spec(int), "eval_examples": POS_INT, "eval_samples": POS_INT, "eval_temperature": Spec(float, 0.0, 2.0),
+    "gsm8k_path": Spec(str), "num_epochs": Spec(float, 1e-9), "examples_per_step": POS_INT,
+}
+# reference values (GPU) and the small CPU ones for the in-loop evaluation, when the config leaves them null
+EVAL_DEFAULTS = {"gpu": {"eval_every": 60, "eval_examples": 400}, "cpu": {"eval_every": 20, "eval_examples": 16}}
+
+
+def settings_from(cfg: DictConfig):
+    """RLSettings from stage.* (checked; nulls filled with the hardware's evaluation defaults)."""
+    from nanochat.lit.rl_module import RLSettings
+
+    st = cfg.stage
+    for key, spec in RL_SCHEMA.items():
+        if key in st:
+            spec.check(f"stage.{key}", st[key])
+    defaults = EVAL_DEFAULTS["gpu" if cfg.hardware.accelerator == "gpu" else "cpu"]
+    values = {}
+    for f in dataclasses.fields(RLSettings):
+        value = st.get(f.name) if f.name != "seed" else cfg.seed
+        if value is None:
+            value = defaults.get(f.name, f.default)
+        values[f.name] = {"int": int, "float": float}[f.type](value)  # 1 -> 1.0 for float keys
+    return RLSettings(**values)
+
+
+def input_model(cfg: DictConfig, out: Path) -> Path:
+    """The SFT model this run starts from; a resumed run keeps the one it started with."""
+    from nanochat.checkpoint import resolve_model_path
+
+    if cfg.ckpt_path is not None and (out / "config.yaml").exists():
+        started = OmegaConf.select(OmegaConf.load(out / "config.yaml"), "stage.started_from")
+        if started and Path(started).exists():
+            return Path(started)
+    return resolve_model_path(cfg.stage.init_from or "latest:sft")
+
+
+def load_tasks(st: DictConfig):
+    from nanochat.tasks.registry import build_task
+
+    path = st.get("gsm8k_path")
+    train = build_task("gsm8k", split="train", local_path=path)
+    test = build_task("gsm8k", split="test", local_path=path)
+    if len(train) == 0 or len(test) == 0:
+        raise NanochatError(f"GSM8K {'train' if len(train) == 0 else 'test'} split is empty"
+                            + (f" in {path}" if path else ""))
+    return train, test
+
+
+def plan_for(cfg: DictConfig, model_cfg, vocab_size: int, num_train: int, s):
+    """The plan that trains: steps from the epochs, 0.05 x the base LRs (stage.lr_multiplier), linear decay."""
+    from nanochat.lit.runner import build_plan
+
+    st = cfg.stage
+    steps = int(st.num_iterations)
+    if steps <= 0:
+        steps = max(1, int(num_train * float(st.num_epochs)) // s.examples_per_step)
+    rows = s.examples_per_step * s.num_samples
+    batch = s.device_batch_size
+    with open_dict(cfg.hardware):  # the plan's batch arithmetic in rows of at most one context
+        cfg.hardware.device_batch_size = batch
+    per_step = -(-rows // batch) * batch * model_cfg.sequence_len
+    plan = build_plan(cfg, vocab_size, model=model_cfg, num_iterations=steps, total_batch_tokens=per_step)
+    # the reference's RL keeps Muon's momentum constant (no warm-up from 0.85)
+    return dataclasses.replace(plan, momentum_warmup=0, momentum_start=plan.momentum_end)
+
+
+def describe(s, n_train: int, n_test: int) -> str:
+    ev = (f"pass@1..{s.eval_samples} on {min(s.eval_examples, n_test)} test questions every {s.eval_every} steps"
+          if s.eval_every > 0 else "no in-loop evaluation")
+    return (f"  rl         {s.examples_per_step} questions x {s.num_samples} samples per step (of {n_train:,}), "
+            f"<= {s.max_new_tokens} new tokens, temperature {s.temperature:g}, top-k {s.top_k}, calculator on; "
+            f"training forward {s.device_batch_size} rows, generation {s.rollout_batch} rows\n"
+            f"  eval       {ev} (temperature {s.eval_temperature:g}), and on the final model")
+
+
+def run(cfg: DictConfig) -> dict:
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from nanochat.checkpoint import export_model, load_model
+    from nanochat.lit.callbacks import AtomicCheckpointIO
+    from nanochat.lit.rl_module import RLModule, RLProgressBar, StepCounter
+    from nanochat.lit.runner import make_logger, resolve_ckpt_path, world_size
+
+    out = run_dir(create=False)
+    hw, st = cfg.hardware, cfg.stage
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).propagate = False
+    if hw.get("num_threads"):
+        torch.set_num_threads(int(hw.num_threads))
+    s = settings_from(cfg)
+    if world_size(hw) > 1:
+        raise NanochatError("stage=rl runs on one device (hardware.devices=1, hardware.num_nodes=1)")
+    source = input_model(cfg, out)
+    model, tokenizer, _ = load_model(source)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise NanochatError(f"the tokenizer beside {source} has {tokenizer.vocab_size:,} tokens but the model "
+                            f"expects {model.config.vocab_size:,}")
+    train_task, test_task = load_tasks(st)
+    plan = plan_for(cfg, model.config, tokenizer.vocab_size, len(train_task), s)
+    print(plan.describe(peak_flops=None) + "\n" + describe(s, len(train_task), len(test_task)), flush=True)
+    if cfg.plan_only:
+        return {"plan": plan}
+
+    ckpt_dir = out / "checkpoints"
+    ckpt_path = resolve_ckpt_path(cfg, ckpt_dir)
+    if hw.accelerator == "gpu" and not torch.cuda.is_available():
+        raise NanochatError(f"hardware={hw.name} needs a CUDA GPU but none is visible; use hardware=cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg.stage):
+        cfg.stage.started_from = str(source)
+    tokenizer.save(out / "tokenizer")
+    atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+
+    L.seed_everything(cfg.seed, verbose=False)
+    # the checkpoint of a step holds the weights after its update: exactly what a resume needs
+    warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps.*")
+    module = RLModule(plan, tokenizer, train_task, test_task, s, init_state=model.state_dict())
+    del model
+    trainer = L.Trainer(
+        accelerator=hw.accelerator, devices=1, num_nodes=1, precision=hw.precision, max_steps=plan.num_steps,
+        logger=make_logger(cfg, out), plugins=[AtomicCheckpointIO()], default_root_dir=str(out),
+        callbacks=[RLProgressBar(plan.num_steps, stage="rl"),
+                   ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step:06d}", auto_insert_metric_name=False,
+                                   every_n_train_steps=int(st.save_every), save_top_k=1, save_last=True)],
+        limit_val_batches=0, num_sanity_val_steps=0, log_every_n_steps=1, enable_model_summary=False,
+    )
+    loader = torch.utils.data.DataLoader(StepCounter(plan.num_steps), batch_size=None, shuffle=False)
+    t0 = time.time()
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+    fit_s = time.time() - t0
+
+    # the final model's pass@k (the in-loop evaluations run before a step's update, so never on it)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if hw.accelerator == "gpu" and "bf16" in hw.precision
+                else contextlib.nullcontext())
+    t1 = time.time()
+    with autocast:
+        final = module.evaluate(trainer.global_step)
+    eval_s = time.time() - t1
+    rewards = [r for _, r in module.rewards if r == r]
+    timing = module.timing
+    busy = timing["sample_s"] + timing["learn_s"]
+    summary = {
+        "stage": "rl", "steps": trainer.global_step, "fit_seconds": fit_s, "eval_seconds": eval_s,
+        "input_model": str(source), **{k: v for k, v in final.items() if k.startswith("pass@")},
+        "eval_questions": int(final["questions"]),
+        "reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None,
+        "reward_mean": statistics.fmean(rewards) if rewards else None,
+        "evals": module.evals, "counts": dict(module.counters),
+        "sample_seconds": timing["sample_s"], "learn_seconds": timing["learn_s"],
+        "sample_share": timing["sample_s"] / busy if busy else None,
+        "settings": dataclasses.asdict(s), "plan": plan.as_dict(),
+    }
+    if trainer.is_global_zero:
+        model_dir = export_model(module.model, tokenizer, out / "model", meta={k: v for k, v in summary.items()
+                                                                             if k not in ("evals", "plan")})
+        summary["model_dir"] = str(model_dir)
+        atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
+        c = module.counters
+        passk = ", ".join(f"{k} {summary[k]:.4f}" for k in summary if k.startswith("pass@"))
+        print(f"\nrl: {trainer.global_step} steps in {fit_s:.0f} s ({100 * (summary['sample_share'] or 0):.0f}% "
+              f"sampling); reward {summary['reward_first']} -> {summary['reward_last']}; final {passk} on "
+              f"{summary['eval_questions']} test questions\n"
+              f"skipped: {c['zero_adv_groups']} zero-advantage groups, {c['skipped_steps']} steps with nothing to "
+              f"learn, {c['nonfinite_steps']} non-finite steps, {c['nan_rewards']} NaN rewards, {c['truncated']} "
+              f"truncated completions, {c['long_prompts']} over-long prompts\nmodel: {model_dir}", flush=True)
+    return summary
