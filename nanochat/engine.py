@@ -29,18 +29,22 @@ def inference_dtype(model, device: torch.device) -> torch.dtype:
 
 
 class KVCache:
-    """Pre-allocated keys and values, (layers, B, T, H_kv, D) each, plus the next write position.
+    """Pre-allocated keys and values, (layers, B, H_kv, T, D) each, plus the next write position.
+
+    Heads before positions: a decoding step then reads each head's keys as one contiguous block, the layout
+    SDPA wants (measured: a d4 step at batch 16 is ~25% faster than with (layers, B, T, H_kv, D)).
 
     `pad` (B,) holds each row's count of left-padding positions (None when no row is padded): the rotary
     position of cache slot t in row b is t - pad[b], and slots below pad[b] are never attended to.
     """
 
     def __init__(self, n_layer, batch_size, max_len, n_kv_head, head_dim, dtype, device, pad=None):
-        shape = (n_layer, batch_size, max_len, n_kv_head, head_dim)
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len = max_len
         self.pos = 0
+        self._fused: dict[int, torch.Tensor] = {}
         self._set_pad(pad, device)
 
     @classmethod
@@ -67,13 +71,22 @@ class KVCache:
         return self.k.size(1)
 
     def insert(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v (B, T, H_kv, D) at the current position; return views of all keys/values so far."""
+        """Write k, v (B, T, H_kv, D) at the current position; return views (B, H_kv, pos + T, D) of all
+        keys/values so far."""
         end = self.pos + k.size(1)
         if end > self.max_len:
             raise NanochatError(f"KV cache full: {end} positions needed, {self.max_len} allocated")
-        self.k[layer, :, self.pos : end] = k
-        self.v[layer, :, self.pos : end] = v
-        return self.k[layer, :, :end], self.v[layer, :, :end]
+        self.k[layer, :, :, self.pos : end] = k.transpose(1, 2)
+        self.v[layer, :, :, self.pos : end] = v.transpose(1, 2)
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def fused_qkv_weight(self, attn) -> torch.Tensor:
+        """[c_q; c_k; c_v] weights of an attention layer, concatenated once per cache (i.e. per generation)."""
+        w = self._fused.get(attn.layer_idx)
+        if w is None:
+            w = torch.cat([attn.c_q.weight, attn.c_k.weight, attn.c_v.weight], dim=0)
+            self._fused[attn.layer_idx] = w
+        return w
 
     def advance(self, n: int) -> None:
         self.pos += n
@@ -110,7 +123,7 @@ class KVCache:
         new = KVCache.__new__(KVCache)
         new.k = self.k.repeat_interleave(repeats, dim=1)
         new.v = self.v.repeat_interleave(repeats, dim=1)
-        new.max_len, new.pos = self.max_len, self.pos
+        new.max_len, new.pos, new._fused = self.max_len, self.pos, self._fused
         pad = None if self.pad is None else self.pad.repeat_interleave(repeats)
         new._set_pad(pad, self.k.device)
         return new

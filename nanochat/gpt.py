@@ -152,6 +152,8 @@ class CausalSelfAttention(nn.Module):
             self.ve_gate = Linear(self.ve_gate_channels, self.n_kv_head, bias=False)
 
     def forward(self, x, cos, sin, window: int, ve: torch.Tensor | None = None, kv_cache=None):
+        if kv_cache is not None:
+            return self._forward_cached(x, cos, sin, window, ve, kv_cache)
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -162,8 +164,6 @@ class CausalSelfAttention(nn.Module):
             v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim).to(v.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k = norm(q), norm(k)  # QK-norm after the rotation
-        if kv_cache is not None:
-            return self.c_proj(self._attend_cached(q, k, v, window, kv_cache))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         kwargs = {}
         if self.n_kv_head != self.n_head:
@@ -179,11 +179,24 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, -1)
         return self.c_proj(y)
 
+    def _forward_cached(self, x, cos, sin, window: int, ve, cache) -> torch.Tensor:
+        """Same maths as forward, shaped for decoding: one matmul makes q, k and v (the cache keeps the
+        concatenated weight for the generation), and q and k are rotated and normalised together."""
+        B, T, _ = x.shape
+        H, Hkv = self.n_head, self.n_kv_head
+        qkv = F.linear(x, cache.fused_qkv_weight(self)).view(B, T, H + 2 * Hkv, self.head_dim)
+        qk, v = qkv[:, :, : H + Hkv], qkv[:, :, H + Hkv :]
+        if ve is not None:
+            gate = 2.0 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate_channels]))
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, Hkv, self.head_dim).to(v.dtype)
+        qk = norm(apply_rotary(qk, cos, sin))  # rotation and QK-norm act on each head's vector alone
+        return self.c_proj(self._attend_cached(qk[:, :, :H], qk[:, :, H:], v, window, cache))
+
     def _attend_cached(self, q, k, v, window: int, cache) -> torch.Tensor:
         """Attention of new queries (B, T, H, D) over the cache after writing k, v into it; (B, T, H * D)."""
         B, T = q.shape[:2]
-        keys, values = cache.insert(self.layer_idx, k, v)  # (B, pos + T, H_kv, D)
-        end = keys.size(1)
+        keys, values = cache.insert(self.layer_idx, k, v)  # (B, H_kv, pos + T, D)
+        end = keys.size(2)
         if T == 1:
             # one query: the window is a slice of the cache, and the query heads that share a kv head become
             # rows of one (B, H_kv, rep, D) query, so no mask is needed unless rows are left-padded
@@ -191,10 +204,10 @@ class CausalSelfAttention(nn.Module):
             rep = self.n_head // self.n_kv_head
             qg = q.view(B, self.n_kv_head, rep, self.head_dim)
             y = F.scaled_dot_product_attention(
-                qg, keys[:, lo:].transpose(1, 2), values[:, lo:].transpose(1, 2), attn_mask=cache.decode_mask(lo, end)
+                qg, keys[:, :, lo:], values[:, :, lo:], attn_mask=cache.decode_mask(lo, end)
             )
             return y.reshape(B, 1, -1)
-        q, keys, values = q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2)
+        q = q.transpose(1, 2)
         kwargs = {}
         if self.n_kv_head != self.n_head:
             if _SDPA_HAS_GQA:
@@ -451,8 +464,8 @@ class GPT(nn.Module):
         kv_cache.advance(T)
         logits = self.lm_head(norm(x[:, -1:])).float()
         cap = self.config.logit_softcap
-        if cap and cap > 0:
-            logits = cap * torch.tanh(logits / cap)
+        if cap and cap > 0:  # in place: no autograd here, and (B, V) temporaries cost memory traffic
+            logits.div_(cap).tanh_().mul_(cap)
         return logits
 
     # -- accounting -------------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ def test_cached_logits_match_every_position(name):
 def test_cache_dtype_follows_the_model():
     model = tiny_model(**FEATURES["all"]).to(torch.bfloat16)
     cache = KVCache.for_model(model, 1, 8)
-    assert cache.k.dtype == torch.bfloat16 and cache.k.shape == (3, 1, 8, 1, 32)
+    assert cache.k.dtype == torch.bfloat16 and cache.k.shape == (3, 1, 1, 8, 32)
     out = list(Engine(model, TOK).generate([BOS, 1, 2], max_tokens=5, temperature=0.0))
     assert len(out) >= 1
     assert KVCache.for_model(tiny_model().double(), 1, 4).k.dtype == torch.float64
