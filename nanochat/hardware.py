@@ -1,0 +1,209 @@
+"""Facts about the machine a run is on: how much memory it really has, which attention kernel to use, what a run
+will cost. Plain Python + torch; every probe of the real machine can be replaced by a value (for tests).
+
+The one idea: trust the source that is right for the device. A discrete GPU reports its own free memory
+(`cudaMemGetInfo`); a unified-memory GPU such as the DGX Spark's GB10 shares RAM with the CPU, NVML reports no
+GPU memory there and the CUDA figure ignores reclaimable page cache, so its budget is `/proc/meminfo`'s
+MemAvailable. Peak FLOPS, power and price stay configuration (`conf/hardware/*.yaml`): vendors' and users'
+figures differ too much to hard-code.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from nanochat.common import NanochatError
+
+MEMINFO = Path("/proc/meminfo")
+# GPUs that share system memory with the CPU (the name is what torch.cuda.get_device_name reports)
+UNIFIED_MEMORY_GPUS = ("GB10", "Orin", "Thor")
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    total: int  # bytes
+    available: int  # bytes free for this process now
+    source: str  # "cuda" (cudaMemGetInfo) or "meminfo" (/proc/meminfo)
+    unified: bool  # CPU and GPU share this memory
+    device: str  # "cpu" or the GPU's name
+
+    def describe(self) -> str:
+        kind = "unified" if self.unified else ("host" if self.device == "cpu" else "GPU")
+        return (f"{self.device}: {self.available / 2**30:.1f} GiB of {self.total / 2**30:.1f} GiB {kind} memory "
+                f"available (from {self.source})")
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """/proc/meminfo as {field: bytes} (values there are in kB)."""
+    out = {}
+    for line in text.splitlines():
+        key, sep, rest = line.partition(":")
+        parts = rest.split()
+        if not sep or not parts:
+            continue
+        try:
+            value = int(parts[0])
+        except ValueError:
+            continue
+        out[key.strip()] = value * 1024 if len(parts) > 1 and parts[1].lower() == "kb" else value
+    return out
+
+
+def meminfo_memory(text: str | None = None, device: str = "cpu", unified: bool = False) -> DeviceMemory:
+    if text is None:
+        try:
+            text = MEMINFO.read_text()
+        except OSError as e:
+            raise NanochatError(f"cannot read {MEMINFO} to size memory: {e}") from None
+    info = parse_meminfo(text)
+    if "MemTotal" not in info:
+        raise NanochatError("/proc/meminfo has no MemTotal line")
+    # MemAvailable (kernel >= 3.14) counts reclaimable cache; older kernels: free + buffers + cached
+    avail = info.get("MemAvailable", info.get("MemFree", 0) + info.get("Buffers", 0) + info.get("Cached", 0))
+    return DeviceMemory(total=info["MemTotal"], available=avail, source="meminfo", unified=unified, device=device)
+
+
+def is_unified_memory(device_name: str, integrated: bool = False) -> bool:
+    return integrated or any(tag in device_name for tag in UNIFIED_MEMORY_GPUS)
+
+
+def device_memory(device_index: int = 0, *, device_name: str | None = None, integrated: bool | None = None,
+                  mem_get_info: Callable[[int], tuple[int, int]] | None = None,
+                  meminfo_text: str | None = None) -> DeviceMemory:
+    """Total and available memory of the training device (GPU `device_index`, or the host without CUDA).
+
+    Keyword arguments replace the live queries (tests, or a machine described from outside).
+    """
+    if device_name is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return meminfo_memory(meminfo_text)
+        device_name = torch.cuda.get_device_name(device_index)
+        props = torch.cuda.get_device_properties(device_index)
+        integrated = bool(getattr(props, "is_integrated", False)) if integrated is None else integrated
+    if device_name == "cpu":
+        return meminfo_memory(meminfo_text)
+    if is_unified_memory(device_name, bool(integrated)):
+        return meminfo_memory(meminfo_text, device=device_name, unified=True)
+    if mem_get_info is None:
+        import torch
+
+        mem_get_info = torch.cuda.mem_get_info
+    try:
+        free, total = mem_get_info(device_index)
+    except Exception:  # e.g. NVML/driver without memory reporting: fall back to the host's view
+        free = total = 0
+    if total <= 0:
+        return meminfo_memory(meminfo_text, device=device_name, unified=True)
+    return DeviceMemory(total=int(total), available=int(free), source="cuda", unified=False, device=device_name)
+
+
+# -----------------------------------------------------------------------------------------------------------
+# attention kernels
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    name: str  # "sdpa", "flash_attn_2" or "flash_attn_3"
+    reason: str
+
+    def describe(self) -> str:
+        return f"attention: {self.name} ({self.reason})"
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def attention_backend(device_name: str | None = None, capability: tuple[int, int] | None = None,
+                      available: set[str] | None = None) -> AttentionBackend:
+    """The fastest attention kernel this machine can run: FA3 on Hopper (sm_90) when `flash_attn_interface` is
+    installed, FA2 on Ampere or newer when `flash_attn` is, else PyTorch SDPA (always works; on GB10, sm_121,
+    FA3 never runs and SDPA or FA2 are the choices).
+
+    `available` names the importable packages (default: looked up); device_name/capability default to GPU 0.
+    """
+    if device_name is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return AttentionBackend("sdpa", "no CUDA device")
+        device_name = torch.cuda.get_device_name(0)
+        capability = torch.cuda.get_device_capability(0)
+    if device_name == "cpu" or capability is None:
+        return AttentionBackend("sdpa", "no CUDA device")
+    if available is None:
+        available = {m for m in ("flash_attn", "flash_attn_interface") if _importable(m)}
+    sm = f"sm_{capability[0]}{capability[1]}"
+    if tuple(capability) == (9, 0) and "flash_attn_interface" in available:
+        return AttentionBackend("flash_attn_3", f"{device_name} is {sm} (Hopper) and flash_attn_interface is installed")
+    if capability[0] >= 8 and "flash_attn" in available:
+        note = "; FlashAttention-3 does not run on sm_121" if tuple(capability) == (12, 1) else ""
+        return AttentionBackend("flash_attn_2", f"{device_name} is {sm} and flash_attn is installed{note}")
+    if capability[0] < 8:
+        return AttentionBackend("sdpa", f"{device_name} is {sm}: FlashAttention needs sm_80 or newer")
+    hint = "pip install flash-attn for FlashAttention-2"
+    if tuple(capability) == (12, 1):
+        hint += " (built for sm_121; FlashAttention-3 does not run here)"
+    return AttentionBackend("sdpa", f"{device_name} is {sm}; {hint}")
+
+
+# -----------------------------------------------------------------------------------------------------------
+# time, energy and cost of a run
+
+
+def _get(hw: Any, key: str, default=None):
+    if isinstance(hw, Mapping):
+        return hw.get(key, default)
+    getter = getattr(hw, "get", None)
+    return getter(key, default) if callable(getter) else getattr(hw, key, default)
+
+
+def estimate_run(plan, hardware, mfu: float | None = None) -> str:
+    """A few lines printed before a run: wall time at an assumed MFU, energy and cost.
+
+    From the hardware profile: peak_flops (per device), expected_mfu (default 0.4), power_watts (per device,
+    its share of the host included), price_per_hour (per device; rented machines) or price_per_kwh (owned ones).
+    """
+    peak = _get(hardware, "peak_flops")
+    mfu = float(mfu if mfu is not None else (_get(hardware, "expected_mfu") or 0.4))
+    if not peak or peak <= 0:
+        return "run estimate: set hardware.peak_flops to estimate the time"
+    if not 0 < mfu <= 1:
+        raise NanochatError(f"expected MFU must be in (0, 1], got {mfu}")
+    hours = plan.estimated_hours(float(peak), mfu)
+    devices = plan.world_size
+    line = (f"run estimate: {plan.total_flops:.3e} FLOPs on {devices} device(s) at {mfu:.0%} MFU of "
+            f"{float(peak):.3g} FLOP/s each -> {_duration(hours)}")
+    lines = [line]
+    watts = _get(hardware, "power_watts")
+    kwh = None
+    if watts:
+        kwh = hours * float(watts) * devices / 1000.0
+        lines.append(f"  energy    {kwh:,.2f} kWh ({float(watts):g} W x {devices} device(s))")
+    price_h, price_kwh = _get(hardware, "price_per_hour"), _get(hardware, "price_per_kwh")
+    if price_h:
+        lines.append(f"  cost      ${hours * float(price_h) * devices:,.2f} (${float(price_h):g}/h per device)")
+    elif price_kwh and kwh is not None:
+        lines.append(f"  cost      ${kwh * float(price_kwh):,.2f} of electricity (${float(price_kwh):g}/kWh)")
+    return "\n".join(lines)
+
+
+def _duration(hours: float) -> str:
+    if hours < 1 / 60:
+        return f"{hours * 3600:.0f} s"
+    if hours < 1:
+        return f"{hours * 60:.1f} min"
+    if hours < 48:
+        return f"{hours:.2f} h"
+    return f"{hours / 24:.1f} days"
+
+
+__all__ = ["AttentionBackend", "DeviceMemory", "attention_backend", "device_memory", "estimate_run",
+           "is_unified_memory", "meminfo_memory", "parse_meminfo"]
