@@ -235,3 +235,57 @@ def test_step_questions_read_the_task_in_order_and_wrap():
     assert step_questions(10, 4, 2) == [8, 9, 0, 1]
     with pytest.raises(NanochatError):
         step_questions(0, 4, 0)
+
+
+# -- one optimizer step through Lightning: nothing to learn / NaN rewards never reach the weights ---------------
+def fit_steps(task, steps=2):
+    import lightning as L
+
+    from nanochat.lit.rl_module import RLModule, RLSettings, StepCounter
+    from nanochat.scaling import plan
+
+    model = tiny_model()
+    p = plan(model.config, device_batch_size=2, num_iterations=steps, total_batch_tokens=2 * 64, lr_multiplier=0.05,
+             warmdown_ratio=1.0, final_lr_frac=0.0)
+    s = RLSettings(examples_per_step=2, num_samples=4, max_new_tokens=4, device_batch_size=3, rollout_batch=8,
+                   eval_every=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    module = RLModule(p, TOK, task, task, s, init_state=model.state_dict())
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(StepCounter(steps), batch_size=None))
+    after = module.model.state_dict()
+    changed = any(not torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert trainer.global_step == steps
+    return module.counters, changed
+
+
+@pytest.mark.parametrize("case", ["all_equal", "all_nan", "some_nan"])
+def test_a_step_with_nothing_to_learn_or_nan_rewards_is_a_counted_skip(case):
+    reward = {"all_equal": lambda i, text: 1.0,
+              "all_nan": lambda i, text: float("nan"),
+              "some_nan": lambda i, text: float("nan") if len(text) % 3 == 0 else float(ord(text[0]) % 2 if text else 0)}
+    counters, changed = fit_steps(FakeTask(reward=reward[case]))
+    assert counters["samples"] == 2 * 2 * 4
+    if case == "some_nan":
+        assert changed and counters["nan_rewards"] > 0
+    else:
+        assert not changed, "weights moved on a step without an advantage"
+        assert counters["skipped_steps"] == 2
+        assert counters["zero_adv_groups"] == (4 if case == "all_equal" else 0)
+        assert counters["nan_rewards"] == (16 if case == "all_nan" else 0)
+
+
+def test_missing_data_and_missing_sft_model_are_one_clear_error(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from nanochat.stages.rl import input_model, load_tasks
+
+    with pytest.raises(NanochatError, match="does not exist"):
+        load_tasks(OmegaConf.create({"gsm8k_path": str(tmp_path / "nowhere")}))
+    monkeypatch.setenv("NANOCHAT_OUTPUTS", str(tmp_path / "outputs"))
+    cfg = OmegaConf.create({"ckpt_path": None, "stage": {"init_from": None}})
+    with pytest.raises(NanochatError, match="python train.py stage=sft"):
+        input_model(cfg, tmp_path / "run")
