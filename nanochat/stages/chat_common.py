@@ -52,7 +52,9 @@ def mixture_config(cfg: DictConfig) -> dict:
     extra = OmegaConf.to_container(cfg.stage.task_options, resolve=True) if cfg.stage.get("task_options") else {}
     options = dict(mix.get("task_options") or {})
     for task, opts in (extra or {}).items():
-        options[task] = {**(options.get(task) or {}), **(opts or {})}
+        given = {k: v for k, v in (opts or {}).items() if v is not None}
+        if given:
+            options[task] = {**(options.get(task) or {}), **given}
     mix["task_options"] = options
     return mix
 

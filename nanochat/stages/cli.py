@@ -66,7 +66,7 @@ def prepare_argv(argv: list[str], config_name: str) -> None:
                 fail(f"unknown {key} '{choice}'; choose one of: {', '.join(group_choices(key))}")
         if key == "hardware" and value == "auto":
             argv[i] = f"hardware={detect_hardware()}"
-    if config_name == "train" and not saw_hardware and not _experiment_sets_hardware(argv):
+    if config_name in ("train", "evaluate") and not saw_hardware and not _experiment_sets_hardware(argv):
         argv.append(f"hardware={detect_hardware()}")
 
 

@@ -1,0 +1,139 @@
+"""Evaluate one model: pick the evaluations that fit its stage, run them, record `eval.json` + `eval.md`.
+
+`evaluate.py` (Hydra) is a thin wrapper around `run_evaluations`. The checkpoint is only read: results go into
+the model's run folder (the folder that holds `model/`), each file written atomically, and an evaluation that
+fails is recorded with its reason while the others complete. Nothing could be scored -> NanochatError.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nanochat.common import NanochatError, atomic_write_bytes
+
+BASE_EVALS = ("core", "bpb")
+CHAT_EVALS = ("arc_easy", "arc_challenge", "mmlu", "gsm8k", "humaneval", "spellingbee")
+ALL_EVALS = BASE_EVALS + CHAT_EVALS
+# eval name -> the chat_eval display name (ChatCORE's tasks)
+CHAT_NAMES = {"arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "mmlu": "MMLU", "gsm8k": "GSM8K",
+              "humaneval": "HumanEval", "spellingbee": "spelling_bee"}
+
+
+def default_evals(stage: str) -> list[str]:
+    """Base models get CORE and bits per byte; chat models the chat evaluations (ChatCORE)."""
+    return list(BASE_EVALS) if stage in ("base", "unknown") else list(CHAT_EVALS)
+
+
+def run_folder_of(model_path: Path) -> Path:
+    """Where a model's results go: its run folder (outputs/<stage>/<run>/), else the model folder itself."""
+    model_path = Path(model_path)
+    if model_path.is_file():  # <run>/checkpoints/x.ckpt
+        return model_path.parent.parent
+    return model_path.parent if model_path.name == "model" else model_path
+
+
+def _bpb(model, tokenizer, options: dict, device) -> dict:
+    from nanochat.dataloader import val_loader
+    from nanochat.dataset import get_source
+    from nanochat.loss_eval import evaluate_bpb
+
+    opts = dict(options)
+    source = get_source(opts.pop("name", "sample"), **opts.pop("source", {}))
+    if not source.has_split("val"):
+        raise NanochatError(f"data source {source.name!r} has no validation split")
+    seq = model.config.sequence_len
+    batch, steps = int(opts.get("batch_size", 8)), int(opts.get("steps", 16))
+    batches = ((x.to(device), y.to(device)) for x, y in val_loader(source, tokenizer, batch, seq, steps=steps))
+    return {"score": evaluate_bpb(model, batches, tokenizer.token_bytes().to(device)), "steps": steps,
+            "tokens": steps * batch * seq}
+
+
+def run_evaluations(spec: str | None, evals: list[str] | None = None, max_per_task: int | None = None,
+                    batch_size: int = 16, device: str = "cpu", task_options: dict | None = None,
+                    max_new_tokens: int = 512,
+                    core_options: dict | None = None, bpb_options: dict | None = None) -> dict:
+    """Evaluate the model `spec` names (see checkpoint.resolve_model_path); returns the eval.json content."""
+    from nanochat.checkpoint import load_model, resolve_model_path
+
+    path = resolve_model_path(spec)
+    model, tokenizer, meta = load_model(path, device=device)
+    stage = meta.get("stage", "unknown")
+    names = list(evals) if evals else default_evals(stage)
+    unknown = [n for n in names if n not in ALL_EVALS + ("chatcore",)]
+    if unknown:
+        raise NanochatError(f"unknown evaluation(s): {', '.join(unknown)}; choose from: {', '.join(ALL_EVALS)}")
+    names = [n for n in names if n != "chatcore"]
+    print(f"evaluating {path} (stage {stage}): {', '.join(names)}", flush=True)
+    results: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    t0 = time.time()
+    for name in names:
+        t = time.time()
+        try:
+            with torch.no_grad():
+                if name == "core":
+                    from nanochat.core_eval import evaluate_core
+
+                    core = evaluate_core(model, tokenizer, max_per_task=max_per_task, batch_size=batch_size,
+                                         device=device, **(core_options or {}))
+                    if core["core"] is None:
+                        raise NanochatError("no CORE task could be scored: " + "; ".join(
+                            f"{k}: {v.get('error')}" for k, v in core["tasks"].items()))
+                    results[name] = {"score": core["core"], "tasks": core["tasks"]}
+                elif name == "bpb":
+                    results[name] = _bpb(model, tokenizer, bpb_options or {}, device)
+                else:
+                    from nanochat.chat_eval import build_eval_task, evaluate_chat_task
+
+                    options = {"split": "test", "size": 256} if name == "spellingbee" else {}
+                    options.update({k: v for k, v in ((task_options or {}).get(name) or {}).items() if v is not None})
+                    task = build_eval_task(CHAT_NAMES[name], **options)
+                    out = evaluate_chat_task(task, model, tokenizer, max_problems=max_per_task,
+                                             batch_size=min(batch_size, 8), max_tokens=max_new_tokens)
+                    results[name] = {"score": out["accuracy"], "n": out["total"]}
+        except NanochatError as e:
+            failed[name] = str(e)
+            print(f"  {name}: failed ({e})", flush=True)
+            continue
+        results[name]["seconds"] = time.time() - t
+        print(f"  {name}: {results[name]['score']:.4f} ({time.time() - t:.1f} s)", flush=True)
+    chat = {CHAT_NAMES[n]: results[n]["score"] for n in names if n in CHAT_NAMES and n != "spellingbee"
+            and n in results}
+    if chat:
+        from nanochat.chat_eval import chat_core
+
+        score = chat_core(chat)
+        if score is not None:
+            results["chatcore"] = {"score": score, "tasks": sorted(chat)}
+    if not results:
+        raise NanochatError("nothing could be scored: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    return {"stage": stage, "model": str(path), "seconds": time.time() - t0, "max_per_task": max_per_task,
+            "results": results, "failed": failed}
+
+
+def to_markdown(record: dict) -> str:
+    lines = [f"# Evaluation: {record['stage']} model", "", f"model: `{record['model']}`", "",
+             "| evaluation | score |", "|---|---|"]
+    for name, r in record["results"].items():
+        lines.append(f"| {name} | {r['score']:.4f} |")
+    for name, reason in record.get("failed", {}).items():
+        lines.append(f"| {name} | failed: {reason} |")
+    core = record["results"].get("core")
+    if core:
+        lines += ["", "| CORE task | accuracy | centered |", "|---|---|---|"]
+        for label, t in core["tasks"].items():
+            acc = "-" if t.get("accuracy") is None else f"{t['accuracy']:.4f}"
+            cen = "-" if t.get("centered") is None else f"{t['centered']:.4f}"
+            lines.append(f"| {label} | {acc} | {cen} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(record: dict, folder: Path) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "eval.json", json.dumps(record, indent=2, default=str).encode())
+    atomic_write_bytes(folder / "eval.md", to_markdown(record).encode())
+    return folder / "eval.json", folder / "eval.md"
