@@ -19,7 +19,7 @@ from nanochat.serving import Limits, ModelInfo, ModelPool, SamplingParams, TextS
 from nanochat.tokenizer import Tokenizer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MULTIBYTE = "héllo wörld — 世界 🎉🚀 ok"
+MULTIBYTE = "héllo wörld — 世界 🎉🚀 ok\u2028\x85."  # U+2028/U+0085: line breaks to some SSE readers
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +150,10 @@ def test_multibyte_stream_never_splits_characters():
         streamed = "".join(ch.choices[0].delta.content or "" for ch in ask(client, stream=True, stop=["wör"])
                            if ch.choices)
         assert streamed == "héllo "
+        raw = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                             "stream": True}).text
+        events = [line[6:] for line in raw.splitlines() if line.startswith("data: ")]  # the strictest splitting
+        assert events[-1] == "[DONE]" and all(json.loads(e) for e in events[:-1])
         cut = ask(client, max_tokens=3)  # 'h', then the two bytes of 'é'
         assert cut.choices[0].message.content == "hé" and cut.choices[0].finish_reason == "length"
 
