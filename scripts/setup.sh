@@ -37,6 +37,21 @@ fi
 PY="$(cd "$VENV" && pwd)/bin/python"
 PIP=("$PY" -m pip install -q --disable-pip-version-check)
 
+# --- DGX Spark and other aarch64 + NVIDIA machines (GB10 is sm_121): torch's cu130 build -----------------------
+# PyPI's default aarch64 torch has no CUDA; the CUDA 13 index has aarch64 wheels with sm_121 kernels. Only a
+# default is set here: an explicit NANOCHAT_TORCH_INDEX (or a local wheel folder) still wins.
+if [ "$(uname -m)" = "aarch64" ] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  if [ -z "${NANOCHAT_TORCH_INDEX:-}" ] && [ -z "${NANOCHAT_WHEELS:-}" ]; then
+    export NANOCHAT_TORCH_INDEX=https://download.pytorch.org/whl/cu130
+    say "aarch64 with an NVIDIA GPU ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1)): torch from $NANOCHAT_TORCH_INDEX"
+  fi
+  # Triton (torch.compile) needs CUDA 13's ptxas for sm_121; train.py sets TRITON_PTXAS_PATH when it finds it
+  if [ ! -x "${CUDA_HOME:-/usr/local/cuda}/bin/ptxas" ]; then
+    say "note: no ptxas under ${CUDA_HOME:-/usr/local/cuda}/bin; install the CUDA 13 toolkit for hardware.compile=true"
+  fi
+fi
+# --- end of the aarch64 + CUDA 13 block --------------------------------------------------------------------------
+
 # torch: honour a local wheel folder (CPU build) so no multi-GB CUDA download is pulled in by accident
 WHEELS=${NANOCHAT_WHEELS:-}
 if [ -z "$WHEELS" ] && [ -d /opt/wheels ] && ls /opt/wheels/torch-*.whl >/dev/null 2>&1; then WHEELS=/opt/wheels; fi
