@@ -84,6 +84,20 @@ def test_cached_logits_match_every_position(name):
     torch.testing.assert_close(torch.stack(got, 1), full[:, 29:], atol=1e-4, rtol=1e-4)
 
 
+def test_left_padded_multi_token_forward_matches_unpadded():
+    """A padded cache fed several tokens at once (masked prefill) gives each row its unpadded result."""
+    model = tiny_model(**FEATURES["all"])
+    prompts = [list(range(10, 40)), list(range(50, 62))]
+    cache = KVCache.for_model(model, 2, 40, pad=[0, 18])
+    with torch.no_grad():
+        padded = model(torch.tensor([prompts[0], [0] * 18 + prompts[1]]), kv_cache=cache)[:, -1]
+        step = model(torch.tensor([[7], [8]]), kv_cache=cache)[:, -1]
+        for r, p in enumerate(prompts):
+            full = model(torch.tensor([p + [7 + r]]))[0]
+            torch.testing.assert_close(padded[r], full[-2], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(step[r], full[-1], atol=1e-4, rtol=1e-4)
+
+
 def test_cache_dtype_follows_the_model():
     model = tiny_model(**FEATURES["all"]).to(torch.bfloat16)
     cache = KVCache.for_model(model, 1, 8)
