@@ -116,6 +116,7 @@ def test_tiny_rl_run_learns_and_reports_pass_at_1(rl_env):
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # the message itself is checked in-process by tests/test_rl.py
 def test_no_sft_model_is_one_line_naming_the_command(tmp_path, rl_env):
     _, data = rl_env
     e = env(tmp_path)
