@@ -55,13 +55,14 @@ def tok_dir(tmp_path_factory):
 
 
 CORPORA = {
-    # documents of 10-250 bytes packed best-fit from a buffer of 8: steps cross shard boundaries mid-row
+    # documents of 10-250 bytes packed the preset's way: steps cross shard boundaries mid-row
     "packed": dict(n_files=8, docs_per_group=6, groups=2, doc_len=lambda r: r.randint(10, 250),
                    extra={"data.loader.buffer_docs": 8, "data.val_fraction": 0.125}),
-    # one row = one 64-byte document, one shard = one optimizer step (2 micro-batches x 4 rows): every
-    # checkpoint's data cursor sits exactly on a shard boundary
+    # one row = one 64-byte document (cropfit packing: whole BOS-aligned documents), one shard = one optimizer
+    # step (2 micro-batches x 4 rows): every checkpoint's data cursor sits exactly on a shard boundary
     "shard_boundary": dict(n_files=STEPS + 3, docs_per_group=4, groups=2, doc_len=lambda r: 64,
-                           extra={"data.loader.buffer_docs": 1, "data.val_fraction": 1 / (STEPS + 3)}),
+                           extra={"data.loader.buffer_docs": 1, "data.loader.packing": "cropfit",
+                                  "data.val_fraction": 1 / (STEPS + 3)}),
 }
 
 

@@ -8,6 +8,10 @@ last checkpoint, and about to be recomputed) are dropped and the new rows follow
 Rows are appended every `flush_logs_every_n_steps` (default: every step) and at every checkpoint, so after a
 kill -9 the file holds every step up to the checkpoint that the run resumes from. When a new metric name
 appears (e.g. `val/bpb` at the first evaluation) the file is rewritten atomically with the wider header.
+
+One gap remains, from Lightning's order of hooks: the checkpoint of step N is written (ModelCheckpoint in
+`on_train_batch_end`) just before the metrics of step N-1 are handed to the logger, so a kill in that instant
+loses step N-1's row (the resumed run starts at step N and does not recompute it).
 """
 from __future__ import annotations
 
