@@ -103,15 +103,15 @@ class _Module:
 
 
 def _drive(cb, trainer, module, clock, micro_batches, accum, seconds_per_micro_batch, validate_after=None,
-           validation_seconds=0.0):
+           validation_seconds=0.0, batch=None):
     """Run the callback's hooks the way Lightning calls them, on a fake clock."""
     cb.on_train_start(trainer, module)
     for i in range(micro_batches):
-        cb.on_train_batch_start(trainer, module, None, i)
+        cb.on_train_batch_start(trainer, module, batch, i)
         clock.t += seconds_per_micro_batch
         if (i + 1) % accum == 0:
             trainer.global_step += 1
-        cb.on_train_batch_end(trainer, module, {"loss": torch.tensor(1.0)}, None, i)
+        cb.on_train_batch_end(trainer, module, {"loss": torch.tensor(1.0)}, batch, i)
         if validate_after is not None and trainer.global_step == validate_after and (i + 1) % accum == 0:
             cb.on_validation_start(trainer, module)
             clock.t += validation_seconds
@@ -142,9 +142,8 @@ def test_throughput_mfu_without_peak_flops_is_nan(monkeypatch):
     assert [r[1] for r in cb.history] == [1000.0, 1000.0] and all(r[2] != r[2] for r in cb.history)
 
 
-@pytest.mark.xfail(strict=True, reason="ThroughputMFU records the first micro-batch of an accumulated step as a whole "
-                   "step (its _step_seen starts at -1); fix: on_train_start sets _step_seen = trainer.global_step")
 def test_throughput_mfu_callback_with_accumulation(monkeypatch):
+    """Only whole optimizer steps are timed (not the first micro-batch of one), counting from a resumed step."""
     clock = _Clock()
     monkeypatch.setattr(time_module(), "perf_counter", clock)
     cb = ThroughputMFU(flops_per_token=1e6, tokens_per_step=1000, peak_flops=1e10)
@@ -153,6 +152,24 @@ def test_throughput_mfu_callback_with_accumulation(monkeypatch):
     _drive(cb, trainer, module, clock, micro_batches=6, accum=2, seconds_per_micro_batch=0.25)
     assert cb.history == [(6, pytest.approx(2000.0), pytest.approx(0.2)), (7, pytest.approx(2000.0), pytest.approx(0.2)),
                           (8, pytest.approx(2000.0), pytest.approx(0.2))]
+
+
+def test_throughput_mfu_counts_the_real_tokens_of_the_batches(monkeypatch):
+    """Batches that carry tensors are counted as they are (x ranks); targets >= 0 are the supervised tokens."""
+    clock = _Clock()
+    monkeypatch.setattr(time_module(), "perf_counter", clock)
+    cb = ThroughputMFU(flops_per_token=1e6, tokens_per_step=999_999, peak_flops=1e10)
+    inputs = torch.zeros(4, 50, dtype=torch.long)
+    targets = torch.full((4, 50), -1)
+    targets[:, :10] = 1  # 40 supervised tokens per micro-batch
+    module = _Module()
+    _drive(cb, _StepTrainer(world_size=2), module, clock, micro_batches=4, accum=2, seconds_per_micro_batch=0.1,
+           batch=(inputs, targets))
+    # per step: 2 micro-batches x 200 tokens x 2 ranks in 0.2 s
+    assert [(s, t) for s, t, _ in cb.history] == [(1, pytest.approx(4000.0)), (2, pytest.approx(4000.0))]
+    assert cb.history[0][2] == pytest.approx(1e6 * 4000.0 / (1e10 * 2))
+    assert cb.supervised_history == [pytest.approx(800.0)] * 2
+    assert module.logged[-1]["perf/supervised_tok_per_s"] == pytest.approx(800.0)
 
 
 def time_module():
