@@ -36,13 +36,33 @@ def run_folder_of(model_path: Path) -> Path:
     return model_path.parent if model_path.name == "model" else model_path
 
 
-def _bpb(model, tokenizer, options: dict, device) -> dict:
+def _run_data(model_path: Path) -> tuple[str, dict] | None:
+    """(source name, options) of the `data` section in the model's run config.yaml, if there is one."""
+    import yaml
+
+    cfg_file = run_folder_of(model_path) / "config.yaml"
+    try:
+        data = dict((yaml.safe_load(cfg_file.read_text()) or {}).get("data") or {})
+    except (OSError, yaml.YAMLError):
+        return None
+    if "name" not in data:
+        return None
+    name = data.pop("name")
+    for key in ("tokenizer", "loader", "download", "download_workers"):  # evaluation never downloads
+        data.pop(key, None)
+    return name, data
+
+
+def _bpb(model, tokenizer, options: dict, device, model_path: Path) -> dict:
     from nanochat.dataloader import val_loader
     from nanochat.dataset import get_source
     from nanochat.loss_eval import evaluate_bpb
 
     opts = dict(options)
-    source = get_source(opts.pop("name", "sample"), **opts.pop("source", {}))
+    name, source_cfg = opts.pop("name", None), dict(opts.pop("source", None) or {})
+    if name is None:  # the data the model was trained on, from its run folder's config
+        name, source_cfg = _run_data(model_path) or ("sample", source_cfg)
+    source = get_source(name, **source_cfg)
     if not source.has_split("val"):
         raise NanochatError(f"data source {source.name!r} has no validation split")
     seq = model.config.sequence_len
@@ -85,7 +105,7 @@ def run_evaluations(spec: str | None, evals: list[str] | None = None, max_per_ta
                             f"{k}: {v.get('error')}" for k, v in core["tasks"].items()))
                     results[name] = {"score": core["core"], "tasks": core["tasks"]}
                 elif name == "bpb":
-                    results[name] = _bpb(model, tokenizer, bpb_options or {}, device)
+                    results[name] = _bpb(model, tokenizer, bpb_options or {}, device, path)
                 else:
                     from nanochat.chat_eval import build_eval_task, evaluate_chat_task
 

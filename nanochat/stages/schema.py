@@ -121,6 +121,8 @@ SCHEMA: dict[str, Spec] = {
     "stage.device_batch_size": POS_INT,
     "stage.eval_batches": POS_INT,
     "stage.mixture": Spec(str),
+    "stage.rl": Spec(bool),
+    "stage.evaluate": Spec(bool),
     # tokenizer stage
     "stage.vocab_size": Spec(int, 265),
     "stage.max_chars": POS_INT,

@@ -1,0 +1,142 @@
+"""stage=all: the whole run in one command - tokenizer -> base -> mid -> sft -> (rl) -> evaluation -> report.
+
+Each stage runs as its own `train.py` process in its own run folder (`outputs/<stage>/<run_name>/`), chained by
+path: base trains with the tokenizer this pipeline trained, mid starts from this base model, and so on. The
+run is idempotent: a stage whose `summary.json` and `model/` exist is done and skipped; a stage with checkpoints
+but no summary was interrupted and resumes with `ckpt_path=last`; evaluations with an `eval.json` are skipped.
+So after a crash or Ctrl-C, the same command carries on where it stopped and redoes nothing.
+
+With FineWeb-EDU, the shards download in a background process while the tokenizer trains (as the reference
+speedrun does); base training waits for it.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from nanochat.common import NanochatError
+from nanochat.stages.cli import CONF_DIR
+
+ROOT = CONF_DIR.parent
+TRAIN_STAGES = ("tokenizer", "base", "mid", "sft", "rl")
+
+
+def _user_overrides() -> list[str]:
+    """The command line's overrides, minus the ones that choose this stage or belong to the pipeline itself."""
+    from hydra.core.hydra_config import HydraConfig
+
+    keep = []
+    for o in HydraConfig.get().overrides.task:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key in ("stage", "run_name", "ckpt_path", "plan_only") or key.startswith(("stage.", "hydra.")):
+            continue
+        keep.append(o)
+    return keep
+
+
+def _flat(d: dict | None, prefix: str = "") -> list[str]:
+    """Nested override dicts -> Hydra `a.b=c` strings."""
+    out = []
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out += _flat(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}={'null' if v is None else json.dumps(v) if isinstance(v, list) else v}")
+    return out
+
+
+def _run(cmd: list[str], what: str) -> None:
+    print(f"\n=== {what}: {' '.join(cmd[1:])}", flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT)
+    if proc.returncode != 0:
+        raise NanochatError(f"{what} failed (exit code {proc.returncode}); run the same command again to resume it")
+
+
+def stage_state(folder: Path) -> str:
+    """'done', 'interrupted' (checkpoints but no summary) or 'new'."""
+    if (folder / "summary.json").exists() and ((folder / "model" / "model.pt").exists() or
+                                               (folder / "tokenizer" / "tokenizer.pkl").exists()):
+        try:
+            json.loads((folder / "summary.json").read_text())
+            return "done"
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise NanochatError(f"{folder / 'summary.json'} is corrupt; delete {folder} to redo that stage") from None
+    if list((folder / "checkpoints").glob("*.ckpt")) if (folder / "checkpoints").exists() else []:
+        return "interrupted"
+    return "new"
+
+
+def run(cfg: DictConfig) -> dict:
+    from nanochat.checkpoint import outputs_dir
+
+    st = cfg.stage
+    stages = [s for s in st.stages if s != "rl" or st.rl]
+    unknown = [s for s in stages if s not in TRAIN_STAGES]
+    if unknown:
+        raise NanochatError(f"unknown stage(s) in stage.stages: {', '.join(unknown)}; known: {', '.join(TRAIN_STAGES)}")
+    root = outputs_dir()
+    name = cfg.run_name
+    common = _user_overrides()
+    python = sys.executable
+    t0 = time.time()
+    downloader = None
+    if cfg.data.name.startswith("fineweb") and cfg.data.get("download") and "tokenizer" in stages:
+        cmd = [python, "-m", "nanochat.dataset", "download", f"n={cfg.data.num_shards}"]
+        if cfg.data.get("dir"):
+            cmd.append(f"dir={cfg.data.dir}")
+        print(f"downloading {cfg.data.num_shards} FineWeb-EDU shards in the background", flush=True)
+        downloader = subprocess.Popen(cmd, cwd=ROOT)
+    previous: Path | None = None
+    summaries = {}
+    per_stage = OmegaConf.to_container(st.overrides, resolve=True) if st.get("overrides") else {}
+    try:
+        for stage in stages:
+            folder = root / stage / name
+            state = stage_state(folder)
+            extra = [f"stage={stage}", f"run_name={name}", f"hydra.run.dir={folder}",
+                     *_flat(per_stage.get(stage))]
+            if stage == "base" and "tokenizer" in stages:
+                extra.append(f"tokenizer_dir={root / 'tokenizer' / name / 'tokenizer'}")
+            if stage in ("mid", "sft", "rl") and previous is not None:
+                extra.append(f"stage.init_from={previous / 'model'}")
+            if stage == "base" and downloader is not None:
+                if downloader.wait() != 0:
+                    raise NanochatError("the FineWeb-EDU download failed; run the same command again to resume it")
+                downloader = None
+            if state == "done":
+                print(f"=== {stage}: done ({folder}), skipped", flush=True)
+            else:
+                if state == "interrupted":
+                    extra.append("ckpt_path=last")
+                _run([python, str(ROOT / "train.py"), *common, *extra],
+                     f"{stage} ({'resuming' if state == 'interrupted' else 'training'})")
+            summaries[stage] = json.loads((folder / "summary.json").read_text())
+            if stage != "tokenizer":
+                previous = folder
+        if st.evaluate:
+            for stage in stages:
+                folder = root / stage / name
+                if stage == "tokenizer" or (folder / "eval.json").exists():
+                    continue
+                eval_args = [f"ckpt={folder / 'model'}", "report=false",
+                             *_flat(OmegaConf.to_container(st.eval, resolve=True)),
+                             *[o for o in common if o.startswith("hardware=")]]
+                _run([python, str(ROOT / "evaluate.py"), *eval_args], f"evaluate {stage}")
+    finally:
+        if downloader is not None:
+            downloader.terminate()
+    from nanochat.report import build_report
+
+    report = build_report(root)
+    print(f"\npipeline '{name}' finished in {time.time() - t0:.0f} s (stages: {', '.join(stages)})")
+    print(f"report card: {report}")
+    last = next((s for s in reversed(stages) if s in ("rl", "sft", "mid")), None)
+    if last:
+        print(f"chat with it: python -m nanochat.chat_cli --ckpt {root / last / name / 'model'}   "
+              f"(web UI: python serve.py ckpt={root / last / name / 'model'})")
+    return {"stages": summaries, "report": str(report)}
