@@ -24,7 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from nanochat import scaling
 from nanochat.common import NanochatError, atomic_write_bytes
 from nanochat.gpt import GPTConfig
+from nanochat.hardware import estimate_run
 from nanochat.lit.callbacks import AtomicCheckpointIO, NonFiniteGuard, SampleGenerations, StepProgressBar, ThroughputMFU
+from nanochat.lit.memfit import apply_fit
 from nanochat.lit.module import NanochatLM
 from nanochat.stages.cli import run_dir
 
@@ -149,12 +151,19 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
     run = prepare(cfg, out)
     plan, tokenizer = run.plan, run.tokenizer
     print(plan.describe(peak_flops=hw.peak_flops), flush=True)
+    print(estimate_run(plan, hw), flush=True)
     if cfg.plan_only:  # before anything touches the run folder
         return {"plan": plan}
     ckpt_dir = out / "checkpoints"
     ckpt_path = resolve_ckpt_path(cfg, ckpt_dir)
     if hw.accelerator == "gpu" and not torch.cuda.is_available():
         raise NanochatError(f"hardware={hw.name} needs a CUDA GPU but none is visible; use hardware=cpu or hardware=auto")
+    # memory fit: on CUDA probe real steps; everywhere check the estimate (an explicit size that cannot fit stops here)
+    fit = apply_fit(run, hw, probe=hw.accelerator == "gpu")
+    plan = run.plan
+    if getattr(run.datamodule, "accum", None) is not None:
+        run.datamodule.accum = plan.grad_accum
+    print(fit.estimate.describe() + "\n" + fit.describe(), flush=True)
     if hw.accelerator == "gpu" and hw.compile:
         _point_triton_at_cuda_ptxas()
     out.mkdir(parents=True, exist_ok=True)
