@@ -1,0 +1,87 @@
+"""stage=all end to end on CPU with the tiniest settings: killed during a middle stage, run again, it finishes
+without redoing the completed stages, and the report card is complete."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers import ROOT, env_for, train_cmd, write_text_corpus
+
+MIXTURE = """
+seed: 1
+train:
+  - {task: identity, size: 16}
+  - {task: arithmetic, size: 24, split: train}
+val:
+  - {task: arithmetic, size: 4, split: test}
+"""
+
+
+def pipeline_args(tmp_path):
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(MIXTURE)
+    corpus = write_text_corpus(tmp_path / "corpus", n_files=4, words=600)
+    args = {
+        "stage": "all", "hardware": "cpu", "data": "local", "data.path": corpus, "data.val_fraction": 0.25,
+        "model.depth": 1, "hardware.seq_len": 64, "hardware.device_batch_size": 4, "hardware.total_batch_tokens": 256,
+        "hardware.num_iterations": 3, "hardware.eval_tokens": 256, "logger": "csv",
+        "+stage.overrides.tokenizer.stage.vocab_size": 300, "+stage.overrides.tokenizer.stage.max_chars": 50000,
+        "+stage.overrides.base.stage.save_every": 1,
+        "+stage.overrides.mid.stage.mixture": mix, "+stage.overrides.mid.stage.num_iterations": 6,
+        "+stage.overrides.mid.stage.save_every": 1, "+stage.overrides.mid.stage.eval_every": -1,
+        "+stage.overrides.sft.stage.mixture": mix, "+stage.overrides.sft.stage.num_iterations": 2,
+        "+stage.overrides.sft.stage.examples_per_step": 4,
+        "stage.eval.max_per_task": 2, "stage.eval.max_new_tokens": 4,
+        "stage.eval.evals": "[bpb,spellingbee]", "hydra.run.dir": tmp_path / "all",
+    }
+    return [f"{k}={v}" for k, v in args.items()]
+
+
+@pytest.mark.slow
+def test_pipeline_killed_mid_stage_then_resumed(tmp_path):
+    env = env_for(tmp_path)
+    env["NANOCHAT_OUTPUTS"] = str(tmp_path / "outputs")
+    out = tmp_path / "outputs"
+    cmd = train_cmd(pipeline_args(tmp_path))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 400
+    mid_ckpts = out / "mid" / "d1" / "checkpoints"
+    while time.time() < deadline and proc.poll() is None and not list(mid_ckpts.glob("step*.ckpt")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the pipeline and the stage process it runs
+    proc.wait()
+    assert list(mid_ckpts.glob("*.ckpt")), "mid-training never wrote a checkpoint before the kill"
+    assert not (out / "mid" / "d1" / "summary.json").exists(), "the run finished before it was killed"
+    done_before = {s: (out / s / "d1" / "summary.json").stat().st_mtime_ns for s in ("tokenizer", "base")}
+
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "tokenizer: done" in second.stdout and "base: done" in second.stdout
+    assert "mid (resuming)" in second.stdout
+    for stage, mtime in done_before.items():  # completed stages were not redone
+        assert (out / stage / "d1" / "summary.json").stat().st_mtime_ns == mtime
+    mid = json.loads((out / "mid" / "d1" / "summary.json").read_text())
+    assert mid["steps"] == 6
+    for stage in ("base", "mid", "sft"):
+        assert (out / stage / "d1" / "model" / "model.pt").exists()
+        assert (out / stage / "d1" / "eval.json").exists()
+    report = (out / "report.md").read_text()
+    for section in ("## Environment", "## Tokenizer", "## BASE", "## MID", "## SFT"):
+        assert section in report, section
+    third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and "sft: done" in third.stdout  # a finished pipeline redoes nothing
+
+
+def test_unknown_stage_in_pipeline_is_one_clear_line(tmp_path):
+    env = env_for(tmp_path)
+    env["NANOCHAT_OUTPUTS"] = str(tmp_path / "outputs")
+    proc = subprocess.run(train_cmd(["stage=all", "hardware=cpu", "stage.stages=[tokenizer,nope]",
+                                     f"hydra.run.dir={tmp_path / 'all'}"]), cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "nope" in last
