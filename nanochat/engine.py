@@ -2,9 +2,10 @@
 
 The one idea: each prompt is run through the model once (the prefill) while its keys and values are written
 into a pre-allocated cache; after that every step feeds exactly one token per row, so a step costs one
-token's worth of compute. Rows of a batch share cache positions: shorter prompts are left-padded, their rotary
-positions start at 0 on their first real token and a key mask hides the padding. k samples of one prompt
-copy the prefilled cache rows instead of recomputing them, then each row samples its own tokens.
+token's worth of compute. Rows of a batch share cache positions: shorter prompts sit right-aligned
+(left-padded), their rotary positions start at 0 on their first real token and a key mask hides the padding.
+The k samples of a prompt get copies of its prefilled cache rows (never recomputed), then each row samples
+its own tokens with the engine's own seeded generator.
 
 Tool use: a row that emits <|python_start|> ... <|python_end|> gets the code between them evaluated by
 `nanochat.tools.calculator`, and <|output_start|> result <|output_end|> is forced into that row (mask 0)
@@ -214,7 +215,7 @@ class Engine:
 
         Rows = each prompt x num_samples, prompt-major order. Yields one step at a time:
         (tokens: list[int], masks: list[int]) with one entry per row. mask 1 = sampled, 0 = forced by the
-        tool (or padding). A row stops on <|assistant_end|> or <|bos|> (yielded with mask 1) or after
+        tool (or a finished row's filler). A row stops on <|assistant_end|> or <|bos|> (yielded with mask 1) or after
         max_tokens; a finished row then yields its stop token again with mask 0 until every row is done.
         Sampling uses its own torch.Generator seeded with `seed`; the global RNG is untouched. <|bos|> is
         never sampled. Prompts longer than the model's context raise NanochatError, or keep their last
@@ -274,7 +275,7 @@ class Engine:
 
         Prompts of equal length are prefilled together (no padding, plain causal attention); the shorter
         ones end up right-aligned (left-padded) in the shared cache. Measured on CPU (bench/decode.py):
-        16 prompts of mixed lengths prefill ~1.4x faster this way than as one left-padded masked batch.
+        16 prompts of mixed lengths prefill ~1.3x faster this way than as one left-padded masked batch.
         Returns the cache and the last-position logits of every row (prompt-major order).
         """
         model, k = self.model, num_samples
