@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from nanochat.chat_data import ChatLoader
-from nanochat.common import NanochatError
 from nanochat.lit.datamodule import NanochatDataModule, _TrainIterable, _ValIterable
 
 
@@ -39,14 +38,7 @@ class ChatDataModule(NanochatDataModule):
 
     def train_dataloader(self) -> _TrainIterable:
         rank, world = self._rank_world()
-        cursor = None
-        if self._pending is not None:
-            cursors = self._pending.get("cursors", {})
-            if str(world) != str(self._pending.get("world_size", world)) or str(rank) not in cursors:
-                raise NanochatError(f"checkpoint holds data cursors for world size {self._pending.get('world_size')}, "
-                                    f"this run has {world}")
-            cursor = cursors[str(rank)]
-            self._pending = None
+        cursor = self._take_restored_cursor(rank, world)
         self.train_loader = ChatLoader(self.train_task, self.tokenizer, self.batch_size, self.seq_len, rank=rank,
                                        world_size=world, accum=self.accum, cursor=cursor, **self.chat_kwargs)
         self._start_batches = self.train_loader.batches_yielded

@@ -129,14 +129,7 @@ class NanochatDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> _TrainIterable:
         rank, world = self._rank_world()
-        cursor = None
-        if self._pending is not None:
-            cursors = self._pending.get("cursors", {})
-            if str(world) != str(self._pending.get("world_size", world)) or str(rank) not in cursors:
-                raise NanochatError(f"checkpoint holds data cursors for world size {self._pending.get('world_size')}, "
-                                    f"this run has {world}")
-            cursor = cursors[str(rank)]
-            self._pending = None
+        cursor = self._take_restored_cursor(rank, world)
         self.train_loader = PackingLoader(self.source, self._tokenizer(), self.batch_size, self.seq_len,
                                           split="train", rank=rank, world_size=world, cursor=cursor,
                                           packing=self.packing, **self.loader_kwargs)
@@ -165,6 +158,17 @@ class NanochatDataModule(L.LightningDataModule):
         if trainer is not None and trainer.training:
             self._consumed += 1
         return batch
+
+    def _take_restored_cursor(self, rank: int, world: int) -> dict | None:
+        """This rank's cursor from a restored checkpoint (once), or None for a fresh start."""
+        if self._pending is None:
+            return None
+        cursors = self._pending.get("cursors", {})
+        if str(world) != str(self._pending.get("world_size", world)) or str(rank) not in cursors:
+            raise NanochatError(f"checkpoint holds data cursors for world size {self._pending.get('world_size')}, "
+                                f"this run has {world}")
+        self._pending = None
+        return cursors[str(rank)]
 
     # -- checkpointed state --------------------------------------------------------------------------------------
 
