@@ -39,7 +39,7 @@ def padding(mixture: str, tokenizer, seq_len: int, batch: int) -> dict:
     task = build_from_config(OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "mixture" / f"{mixture}.yaml")))
     out = {}
     for layout in ("pad", "pack"):
-        loader = ChatLoader(task, tokenizer, batch, seq_len, layout=layout, epochs=1)
+        loader = ChatLoader(task, tokenizer, batch, seq_len, layout=layout, epochs=1, accum=8)  # 32 per step
         for _ in loader:
             pass
         out[layout] = loader.stats["padded_positions"] / max(1, loader.stats["positions"])

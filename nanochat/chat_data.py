@@ -10,7 +10,8 @@ every token the assistant did not write), so the training step is the same as pr
 - `pad` (SFT): one conversation per row, padded to the longest row of the micro-batch; a conversation longer
   than a row is truncated to it (counted). Batches come in groups of `accum` micro-batches (one optimizer
   step) and each carries the number of supervised targets of its whole step, so the loss can be normalised
-  by it (see nanochat.lit.module).
+  by it (see nanochat.lit.module). Within a step the conversations are sorted by length before they are cut
+  into micro-batches, which removes most of the padding without changing the step's gradient.
 
 Conversations are taken in the task's order (a TaskMixture is already shuffled), rank r of w takes every w-th
 one, and the order repeats each epoch. The cursor (epoch, next index, the buffer's contents) is plain data;
@@ -171,11 +172,15 @@ class ChatLoader:
             return
         rows = self._pad_rows(source, buffer)
         while self.max_batches is None or st["batches"] < self.max_batches:
+            convs = [r for _, r in zip(range(self.accum * self.batch_size), rows)]
+            if len(convs) < self.accum * self.batch_size:
+                return
+            # the step's conversations sorted by length before they are split into micro-batches: the same
+            # gradient (the loss is normalised over the whole step) with far less padding
+            convs.sort(key=lambda r: len(r[0]))
             step = []
-            for _ in range(self.accum):
-                batch = [r for _, r in zip(range(self.batch_size), rows)]
-                if len(batch) < self.batch_size:
-                    return
+            for k in range(self.accum):
+                batch = convs[k * self.batch_size:(k + 1) * self.batch_size]
                 width = max(len(ids) for ids, _ in batch) - 1
                 step.append([self._row(ids, mask, width) for ids, mask in batch])
             step_targets = sum(sum(t >= 0 for t in row[1]) for batch in step for row in batch)

@@ -74,3 +74,34 @@ def test_two_processes_train_the_same_weights_as_one(runs):
             f"{key}: max difference {(a[key] - b[key]).abs().max():.3g}"
     # not trivially equal: the zero-initialised lm_head moved far more than the tolerance
     assert a["lm_head.weight"].abs().max() > 1e-2
+
+
+SFT_MIXTURE = """
+seed: 3
+train:
+  - {task: identity, size: 8}
+  - {task: arithmetic, size: 8, split: train}
+"""
+
+
+def test_sft_two_processes_train_the_same_weights_as_one(runs, tmp_path):
+    """SFT: rank r takes conversations r, r+2, ...; one process takes them in order; each step covers the same
+    four conversations, and the loss is normalised by the supervised count of the whole step on all ranks."""
+    root = runs["one"][1].parent.parent
+    (tmp_path / "mix.yaml").write_text(SFT_MIXTURE)
+    out = {}
+    for name, extra in (("sft_one", ["hardware=cpu"]), ("sft_two", ["hardware=cpu_ddp"])):
+        args = [*extra, "stage=sft", f"stage.init_from={runs['one'][1] / 'model'}", f"stage.mixture={tmp_path / 'mix.yaml'}",
+                "stage.num_iterations=3", "stage.examples_per_step=4", "stage.device_batch_size=2",
+                "stage.eval_every=0", "stage.eval_batches=1", "stage.sample_every=0", "logger=none",
+                f"run_name={name}", f"hydra.run.dir={root / 'outputs' / name}"]
+        proc = run_train(args, root, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[name] = root / "outputs" / name
+    a, b = exported_weights(out["sft_one"]), exported_weights(out["sft_two"])
+    start = exported_weights(runs["one"][1])
+    moved = max((a[k] - start[k]).abs().max() for k in a)
+    assert moved > 1e-4  # SFT changed the weights
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=1e-3, atol=1e-5), \
+            f"{key}: max difference {(a[key] - b[key]).abs().max():.3g}"
