@@ -23,6 +23,19 @@ CHAT_NAMES = {"arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "mmlu": 
               "humaneval": "HumanEval", "spellingbee": "spelling_bee"}
 
 
+def _go_offline_without_hub() -> None:
+    """When the Hugging Face Hub cannot be resolved, tell `datasets` at once (no minute of retries per task)."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"):
+        return
+    try:
+        socket.getaddrinfo("huggingface.co", 443)
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
 def default_evals(stage: str) -> list[str]:
     """Base models get CORE and bits per byte; chat models the chat evaluations (ChatCORE)."""
     return list(BASE_EVALS) if stage in ("base", "unknown") else list(CHAT_EVALS)
@@ -87,6 +100,8 @@ def run_evaluations(spec: str | None, evals: list[str] | None = None, max_per_ta
     if unknown:
         raise NanochatError(f"unknown evaluation(s): {', '.join(unknown)}; choose from: {', '.join(ALL_EVALS)}")
     names = [n for n in names if n != "chatcore"]
+    if any(n in CHAT_EVALS for n in names):
+        _go_offline_without_hub()
     print(f"evaluating {path} (stage {stage}): {', '.join(names)}", flush=True)
     results: dict[str, Any] = {}
     failed: dict[str, str] = {}
