@@ -101,7 +101,7 @@ def test_sft_two_processes_train_the_same_weights_as_one(runs, tmp_path):
     a, b = exported_weights(out["sft_one"]), exported_weights(out["sft_two"])
     start = exported_weights(runs["one"][1])
     moved = max((a[k] - start[k]).abs().max() for k in a)
-    assert moved > 1e-4  # SFT changed the weights
-    for key in a:
-        assert torch.allclose(a[key], b[key], rtol=1e-3, atol=1e-5), \
+    assert moved > 1e-3  # SFT changed the weights well beyond the tolerance
+    for key in a:  # float rounding only (summation order, Muon's bf16 Newton-Schulz)
+        assert torch.allclose(a[key], b[key], rtol=1e-3, atol=1e-4), \
             f"{key}: max difference {(a[key] - b[key]).abs().max():.3g}"
