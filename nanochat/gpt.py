@@ -416,18 +416,8 @@ class GPT(nn.Module):
             return self._forward_cached(idx, kv_cache)
         if T > self.rotary_len:
             raise NanochatError(f"sequence of {T} tokens is longer than the rotary table ({self.rotary_len})")
-        cos, sin = self.cos[:, :T], self.sin[:, :T]
-        x = norm(self.transformer.wte(idx))
-        x0 = x
-        for i, block in enumerate(self.transformer.h):
-            if self.resid_lambdas is not None:
-                x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
-            ve = None
-            if self.value_embeds is not None and str(i) in self.value_embeds:
-                ve = self.value_embeds[str(i)](idx)
-            x = block(x, cos, sin, self.window_sizes[i], ve)
-        x = norm(x)
-        logits = self.lm_head(x).float()
+        x = self._trunk(idx, self.cos[:, :T], self.sin[:, :T])
+        logits = self.lm_head(norm(x)).float()
         cap = self.config.logit_softcap
         if cap and cap > 0:
             logits = cap * torch.tanh(logits / cap)
@@ -442,6 +432,19 @@ class GPT(nn.Module):
             loss = loss.view(B, T)
         return loss
 
+    def _trunk(self, idx: torch.Tensor, cos, sin, kv_cache=None) -> torch.Tensor:
+        """Embedding and every block (the same path for training and cached generation); (B, T, d), not normed."""
+        x = norm(self.transformer.wte(idx))
+        x0 = x
+        for i, block in enumerate(self.transformer.h):
+            if self.resid_lambdas is not None:
+                x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            ve = None
+            if self.value_embeds is not None and str(i) in self.value_embeds:
+                ve = self.value_embeds[str(i)](idx)
+            x = block(x, cos, sin, self.window_sizes[i], ve, kv_cache)
+        return x
+
     def _forward_cached(self, idx: torch.Tensor, kv_cache) -> torch.Tensor:
         T = idx.size(1)
         start = kv_cache.pos
@@ -452,15 +455,7 @@ class GPT(nn.Module):
             cos, sin = self.cos[:, start : start + T], self.sin[:, start : start + T]
         else:  # left-padded rows: each row counts positions from its first real token
             cos, sin = self.cos[0][positions], self.sin[0][positions]  # (B, T, 1, D/2)
-        x = norm(self.transformer.wte(idx))
-        x0 = x
-        for i, block in enumerate(self.transformer.h):
-            if self.resid_lambdas is not None:
-                x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
-            ve = None
-            if self.value_embeds is not None and str(i) in self.value_embeds:
-                ve = self.value_embeds[str(i)](idx)
-            x = block(x, cos, sin, self.window_sizes[i], ve, kv_cache)
+        x = self._trunk(idx, cos, sin, kv_cache)
         kv_cache.advance(T)
         logits = self.lm_head(norm(x[:, -1:])).float()
         cap = self.config.logit_softcap
