@@ -6,13 +6,14 @@ Choices keep their own labels (usually A-D, sometimes 1-4 or five of them); the 
 from __future__ import annotations
 
 from nanochat.common import NanochatError
-from nanochat.tasks.base import Task, render_mc
+from nanochat.tasks.base import RowsTask, render_mc
 from nanochat.tasks.sources import load_rows
 
 SUBSETS = ("ARC-Easy", "ARC-Challenge")
 
 
-class ARC(Task):
+class ARC(RowsTask):
+    EVAL_TYPE = "categorical"
     name = "arc"
 
     def __init__(self, subset: str = "ARC-Easy", split: str = "test", local_path=None, **kwargs):
@@ -24,13 +25,6 @@ class ARC(Task):
         self.subset, self.split = subset, split
         self.ds = load_rows("allenai/ai2_arc", subset, split, local_path=local_path,
                             columns=("question", "choices", "answerKey"))
-
-    @property
-    def eval_type(self) -> str:
-        return "categorical"
-
-    def num_examples(self) -> int:
-        return len(self.ds)
 
     def get_example(self, index: int) -> dict:
         row = self.ds[index]

@@ -104,6 +104,21 @@ class Task:
         return f"{type(self).__name__}(len={len(self)})"
 
 
+class RowsTask(Task):
+    """A task over loaded data-set rows (`self.ds`), scored as `EVAL_TYPE` ("categorical" / "generative")."""
+
+    EVAL_TYPE: str | None = None
+
+    @property
+    def eval_type(self) -> str:
+        if self.EVAL_TYPE is None:
+            return super().eval_type
+        return self.EVAL_TYPE
+
+    def num_examples(self) -> int:
+        return len(self.ds)
+
+
 class TaskMixture(Task):
     """All examples of all tasks in one deterministic shuffle (list a task twice to see it twice).
 

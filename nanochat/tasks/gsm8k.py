@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from nanochat.common import NanochatError
-from nanochat.tasks.base import Task, assistant_text, extract_answer
+from nanochat.tasks.base import RowsTask, assistant_text, extract_answer
 from nanochat.tasks.sources import load_rows
 
 _CALL = re.compile(r"(<<[^>]+>>)")
@@ -31,7 +31,8 @@ def answer_to_parts(answer: str) -> list[dict]:
     return parts
 
 
-class GSM8K(Task):
+class GSM8K(RowsTask):
+    EVAL_TYPE = "generative"
     name = "gsm8k"
 
     def __init__(self, subset: str = "main", split: str = "train", local_path=None, **kwargs):
@@ -41,13 +42,6 @@ class GSM8K(Task):
         if split not in ("train", "test"):
             raise NanochatError(f"gsm8k split must be train or test, got {split!r}")
         self.ds = load_rows("openai/gsm8k", subset, split, local_path=local_path, columns=("question", "answer"))
-
-    @property
-    def eval_type(self) -> str:
-        return "generative"
-
-    def num_examples(self) -> int:
-        return len(self.ds)
 
     def get_example(self, index: int) -> dict:
         row = self.ds[index]

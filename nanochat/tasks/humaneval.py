@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from nanochat.tasks.base import Task
+from nanochat.tasks.base import RowsTask
 from nanochat.tasks.sources import load_rows
 
 _FENCE = re.compile(r"```(?:python|py)?[^\n]*\n(.*?)```", re.DOTALL)
@@ -39,7 +39,8 @@ def build_program(conversation: dict, completion: str) -> str:
             f"check({conversation['entry_point']})\n")
 
 
-class HumanEval(Task):
+class HumanEval(RowsTask):
+    EVAL_TYPE = "generative"
     name = "humaneval"
 
     def __init__(self, local_path=None, timeout: float = 5.0, memory_mb: int = 256, **kwargs):
@@ -47,13 +48,6 @@ class HumanEval(Task):
         self.timeout, self.memory_mb = timeout, memory_mb
         self.ds = load_rows("openai/openai_humaneval", None, "test", local_path=local_path,
                             columns=("task_id", "prompt", "canonical_solution", "test", "entry_point"))
-
-    @property
-    def eval_type(self) -> str:
-        return "generative"
-
-    def num_examples(self) -> int:
-        return len(self.ds)
 
     def get_example(self, index: int) -> dict:
         row = self.ds[index]

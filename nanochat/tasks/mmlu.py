@@ -6,13 +6,14 @@ just the letter; the conversation carries ``letters`` ("A".."D") so evaluation c
 from __future__ import annotations
 
 from nanochat.common import NanochatError
-from nanochat.tasks.base import Task, render_mc
+from nanochat.tasks.base import RowsTask, render_mc
 from nanochat.tasks.sources import check_columns, load_rows
 
 LETTERS = ("A", "B", "C", "D")
 
 
-class MMLU(Task):
+class MMLU(RowsTask):
+    EVAL_TYPE = "categorical"
     name = "mmlu"
 
     def __init__(self, subset: str = "all", split: str = "test", local_path=None, **kwargs):
@@ -28,13 +29,6 @@ class MMLU(Task):
         if not self._wrapped:
             check_columns(ds, ("question", "choices", "answer"), str(local_path or "cais/mmlu"))
         self.ds = ds
-
-    @property
-    def eval_type(self) -> str:
-        return "categorical"
-
-    def num_examples(self) -> int:
-        return len(self.ds)
 
     def get_example(self, index: int) -> dict:
         row = self.ds[index]

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from nanochat.chat import validate_conversation
 from nanochat.common import NanochatError
-from nanochat.tasks.base import Task
+from nanochat.tasks.base import RowsTask
 from nanochat.tasks.sources import load_rows
 
 
-class SmolTalk(Task):
+class SmolTalk(RowsTask):
     name = "smoltalk"
 
     def __init__(self, split: str = "train", local_path=None, **kwargs):
@@ -20,9 +20,6 @@ class SmolTalk(Task):
             raise NanochatError(f"smoltalk split must be train or test, got {split!r}")
         self.split = split
         self.ds = load_rows("HuggingFaceTB/smol-smoltalk", None, split, local_path=local_path, columns=("messages",))
-
-    def num_examples(self) -> int:
-        return len(self.ds)
 
     def get_example(self, index: int) -> dict:
         messages = [{"role": m["role"], "content": m["content"]} for m in self.ds[index]["messages"]]
