@@ -55,3 +55,20 @@ def shared_data_dir() -> Path | None:
     default = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
     path = Path(os.environ.get("NANOCHAT_SHARED_DATA", default))
     return path if path.is_dir() else None
+
+
+def knob(default=None, doc: str = "", *, low: float | None = None, high: float | None = None,
+         choices: tuple | None = None, default_factory=None):
+    """A dataclass field with the one-line doc and the valid range of a setting (its single definition).
+
+    The type is the field's annotation; the config layer reads `doc`, `low`/`high` (inclusive) and `choices`
+    from the metadata for --help and for the one-line error a bad value gets.
+    """
+    from dataclasses import MISSING, field
+
+    meta = {"doc": doc, "low": low, "high": high, "choices": choices}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default if default is not MISSING else MISSING, metadata=meta)
