@@ -13,6 +13,7 @@ import torch
 
 from nanochat.common import NanochatError, atomic_path, atomic_write_bytes
 from nanochat.gpt import GPT, GPTConfig
+from nanochat.layout import MODEL_STAGES, STAGES, RunFolder, outputs_root, run_folders
 
 MODEL_PREFIX = "model."  # how NanochatLM names the GPT inside a Lightning state dict
 
@@ -78,7 +79,7 @@ def load_model(path, device: str | torch.device = "cpu", tokenizer: bool = True)
     else:
         state, config = _from_lightning(_read_ckpt(path), path)
         meta = {"source": str(path)}
-        tok_dir = path.parent.parent / "tokenizer"  # <run>/checkpoints/x.ckpt -> <run>/tokenizer
+        tok_dir = RunFolder.containing(path).tokenizer  # <run>/checkpoints/x.ckpt -> <run>/tokenizer
     model = GPT.build(GPTConfig(**config), device=device, init_weights=False)
     try:
         model.load_state_dict(state, strict=True)
@@ -90,34 +91,24 @@ def load_model(path, device: str | torch.device = "cpu", tokenizer: bool = True)
 
 
 # -- finding models -----------------------------------------------------------------------------------------
-STAGE_ORDER = ("tokenizer", "base", "mid", "sft", "rl")  # pipeline order; later stages start from earlier ones
-TRAIN_HINT = {
-    "base": "python train.py stage=base",
-    "mid": "python train.py stage=mid",
-    "sft": "python train.py stage=sft",
-    "rl": "python train.py stage=rl",
-}
+STAGE_ORDER = tuple(STAGES)  # pipeline order; later stages start from earlier ones
+TRAIN_HINT = {name: STAGES[name].train_command for name in MODEL_STAGES}
 
 
 def outputs_dir() -> Path:
-    """Root of the run folders (`outputs/<stage>/<run_name>/`): $NANOCHAT_OUTPUTS, else ./outputs."""
-    import os
-
-    return Path(os.environ.get("NANOCHAT_OUTPUTS", "outputs"))
+    """Root of the run folders (`outputs/<stage>/<run_name>/`): see `nanochat.layout.outputs_root`."""
+    return outputs_root()
 
 
 def latest_model_dir(stage: str, root: Path | None = None) -> Path | None:
     """The most recently written complete model folder of a stage (outputs/<stage>/*/model), or None."""
-    root = outputs_dir() if root is None else Path(root)
-    candidates = [p for p in (root / stage).glob("*/model") if (p / "config.json").exists() and (p / "model.pt").exists()]
-    candidates += [p for p in (root / stage).glob("multirun/*/model")
-                   if (p / "config.json").exists() and (p / "model.pt").exists()]
+    candidates = [run.model for run in run_folders(stage, root) if run.has_model()]
     if not candidates:
         return None
     return max(candidates, key=lambda p: (p / "model.pt").stat().st_mtime_ns)
 
 
-def resolve_model_path(spec: str | None = None, prefer: tuple[str, ...] = ("rl", "sft", "mid", "base"),
+def resolve_model_path(spec: str | None = None, prefer: tuple[str, ...] = tuple(reversed(MODEL_STAGES)),
                        root: Path | None = None) -> Path:
     """A model folder or .ckpt from `spec`: a path, `latest:<stage>`, or None (newest of `prefer`, in order).
 
@@ -127,14 +118,16 @@ def resolve_model_path(spec: str | None = None, prefer: tuple[str, ...] = ("rl",
         path = Path(spec)
         if not path.exists():
             raise NanochatError(f"no model at {path}")
-        if path.is_dir() and not (path / "config.json").exists() and (path / "model" / "config.json").exists():
-            path = path / "model"  # a run folder: its exported model
+        run = RunFolder(path)
+        if path.is_dir() and not (path / "config.json").exists() and (run.model / "config.json").exists():
+            path = run.model  # a run folder: its exported model
         return path
     stages = prefer
     if spec is not None and ":" in str(spec):
         stage = str(spec).split(":", 1)[1]
         if stage not in TRAIN_HINT:
-            raise NanochatError(f"unknown stage in {spec!r}; use latest:base, latest:mid, latest:sft or latest:rl")
+            raise NanochatError(f"unknown stage in {spec!r}; use one of: "
+                                + ", ".join(f"latest:{name}" for name in MODEL_STAGES))
         stages = (stage,)
     for stage in stages:
         found = latest_model_dir(stage, root)

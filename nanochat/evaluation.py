@@ -1,8 +1,9 @@
-"""Evaluate one model: pick the evaluations that fit its stage, run them, record `eval.json` + `eval.md`.
+"""Evaluate one model: pick the evaluations that fit its stage, run them, record them in its run folder.
 
 `evaluate.py` (Hydra) is a thin wrapper around `run_evaluations`. The checkpoint is only read: results go into
-the model's run folder (the folder that holds `model/`), each file written atomically, and an evaluation that
-fails is recorded with its reason while the others complete. Nothing could be scored -> NanochatError.
+the model's run folder (`layout.RunFolder.containing`: its `eval_json` and `eval_md`), each file written
+atomically, and an evaluation that fails is recorded with its reason while the others complete. The default
+evaluations of a stage are its row of `layout.STAGES`. Nothing could be scored -> NanochatError.
 """
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ from typing import Any
 import torch
 
 from nanochat.common import NanochatError, atomic_write_bytes
+from nanochat.layout import BASE_EVALS, CHAT_EVALS, STAGES, RunFolder
 
-BASE_EVALS = ("core", "bpb")
-CHAT_EVALS = ("arc_easy", "arc_challenge", "mmlu", "gsm8k", "humaneval", "spellingbee")
 ALL_EVALS = BASE_EVALS + CHAT_EVALS
 # eval name -> the chat_eval display name (ChatCORE's tasks)
 CHAT_NAMES = {"arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "mmlu": "MMLU", "gsm8k": "GSM8K",
@@ -37,23 +37,21 @@ def _go_offline_without_hub() -> None:
 
 
 def default_evals(stage: str) -> list[str]:
-    """Base models get CORE and bits per byte; chat models the chat evaluations (ChatCORE)."""
-    return list(BASE_EVALS) if stage in ("base", "unknown") else list(CHAT_EVALS)
+    """The stage's evaluations (base: CORE and bits per byte; chat stages: ChatCORE's); unknown stage: base."""
+    known = STAGES.get(stage)
+    return list(known.evals if known is not None and known.evals else BASE_EVALS)
 
 
 def run_folder_of(model_path: Path) -> Path:
     """Where a model's results go: its run folder (outputs/<stage>/<run>/), else the model folder itself."""
-    model_path = Path(model_path)
-    if model_path.is_file():  # <run>/checkpoints/x.ckpt
-        return model_path.parent.parent
-    return model_path.parent if model_path.name == "model" else model_path
+    return RunFolder.containing(model_path).path
 
 
 def _run_data(model_path: Path) -> tuple[str, dict] | None:
     """(source name, options) of the `data` section in the model's run config.yaml, if there is one."""
     import yaml
 
-    cfg_file = run_folder_of(model_path) / "config.yaml"
+    cfg_file = RunFolder.containing(model_path).config
     try:
         data = dict((yaml.safe_load(cfg_file.read_text()) or {}).get("data") or {})
     except (OSError, yaml.YAMLError):
@@ -168,7 +166,9 @@ def to_markdown(record: dict) -> str:
 
 
 def write_results(record: dict, folder: Path) -> tuple[Path, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(folder / "eval.json", json.dumps(record, indent=2, default=str).encode())
-    atomic_write_bytes(folder / "eval.md", to_markdown(record).encode())
-    return folder / "eval.json", folder / "eval.md"
+    """Write `record` as the run folder's eval.json and eval.md; returns both paths."""
+    run = RunFolder(Path(folder))
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(run.eval_json, json.dumps(record, indent=2, default=str).encode())
+    atomic_write_bytes(run.eval_md, to_markdown(record).encode())
+    return run.eval_json, run.eval_md

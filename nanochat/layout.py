@@ -73,8 +73,8 @@ class RunFolder:
     def containing(cls, model_path: str | os.PathLike) -> RunFolder:
         """The run folder a model path belongs to (`<run>/model`, `<run>/checkpoints/x.ckpt`), else the path itself."""
         p = Path(model_path)
-        if p.suffix == ".ckpt" and p.parent.name == "checkpoints":
-            return cls(p.parent.parent)
+        if p.suffix == ".ckpt":  # a checkpoint elsewhere: the folder that holds it
+            return cls(p.parent.parent if p.parent.name == "checkpoints" else p.parent)
         return cls(p.parent if p.name == "model" else p)
 
     @property
@@ -118,3 +118,19 @@ class RunFolder:
 
     def checkpoint_files(self) -> list[Path]:
         return sorted(self.checkpoints.glob("*.ckpt")) if self.checkpoints.exists() else []
+
+
+SWEEP_DIR = "multirun"  # Hydra's sweep jobs of a stage: outputs/<stage>/multirun/<job>/ (conf/train.yaml)
+
+
+def sweep_folders(stage: str, root: str | os.PathLike | None = None) -> list[RunFolder]:
+    """The sweep jobs (`python train.py -m ...`) of a stage, in name order."""
+    base = (outputs_root() if root is None else Path(root)) / stage / SWEEP_DIR
+    return [RunFolder(p) for p in sorted(base.glob("*")) if p.is_dir()]
+
+
+def run_folders(stage: str, root: str | os.PathLike | None = None) -> list[RunFolder]:
+    """Every run folder of a stage, in name order: single runs `<stage>/<name>/`, then its sweep jobs."""
+    base = (outputs_root() if root is None else Path(root)) / stage
+    singles = [RunFolder(p) for p in sorted(base.glob("*")) if p.is_dir() and p.name != SWEEP_DIR]
+    return singles + sweep_folders(stage, root)
