@@ -1,192 +1,34 @@
 """The report card: one markdown page (plus PNG plots) summarising the newest run of every pipeline stage.
 
-The one idea: the report only *reads* what the stages leave on disk (`outputs/<stage>/<run>/summary.json`,
-`config.yaml`, `logs/metrics.csv`, `model/config.json`, `eval.json`) and never trusts any of it to exist; a
-missing file or key becomes "-" or a sentence saying what is missing, never an exception.
+The one idea: the report only *reads* what the stages leave in their run folders (`report_runs` reads them,
+`report_plots` draws them, this file writes the page) and never trusts any of it to exist; a missing file or
+key becomes "-" or a sentence saying what is missing, never an exception. Stages, their order and their
+labels come from `nanochat.layout.STAGES`.
 
-    python -m nanochat.report [--outputs DIR] [--out FILE] [--price-per-hour 3.0]
+    python -m nanochat.report [outputs=DIR] [out=FILE] [price_per_hour=3.0]
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import datetime as _dt
-import json
-import math
 import os
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
-from nanochat.common import NanochatError, atomic_path, atomic_write_bytes
+from nanochat.common import NanochatError, atomic_write_bytes, knob
+from nanochat import layout
+from nanochat.layout import MODEL_STAGES, STAGES, RunFolder, sweep_folders
+from nanochat.report_plots import curves_plot, eval_plot, scaling_plot
+from nanochat.report_runs import TABLE, Run, dig, find_runs, latest_runs, num, run_time
 
-STAGES = ("tokenizer", "base", "mid", "sft", "rl")
-MODEL_STAGES = ("base", "mid", "sft", "rl")
-# (row label, eval.json results key) of the summary table
-TABLE = (("CORE", "core"), ("ARC-Easy", "arc_easy"), ("ARC-Challenge", "arc_challenge"), ("MMLU", "mmlu"),
-         ("GSM8K", "gsm8k"), ("HumanEval", "humaneval"), ("ChatCORE", "chatcore"))
+__all__ = ["build_report", "main", "find_runs", "latest_runs", "scaling_plot", "Run", "NanochatError"]
+
 DEFAULT_PRICE_PER_HOUR = 3.0  # one H100, USD
 PLOTS_DIR = "report_plots"
-
-
-# -- reading run folders --------------------------------------------------------------------------------------
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _read_yaml(path: Path) -> dict:
-    try:
-        import yaml
-
-        data = yaml.safe_load(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except Exception:  # missing file, no PyYAML, or a broken file: the report shows "-"
-        return {}
-
-
-def _num(x) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def read_metrics(path: Path) -> dict[str, list[tuple[float, float]]]:
-    """Columns of a Lightning CSVLogger file as {name: [(step, value), ...]}, skipping empty cells."""
-    series: dict[str, list[tuple[float, float]]] = {}
-    try:
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                step = _num(row.get("step"))
-                if step is None:
-                    continue
-                for key, value in row.items():
-                    v = _num(value)
-                    if key and key not in ("step", "epoch") and v is not None:
-                        series.setdefault(key, []).append((step, v))
-    except (OSError, csv.Error, UnicodeDecodeError):
-        return {}
-    return series
-
-
-def _get(d: dict, dotted: str):
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
-
-
-@dataclass
-class Run:
-    """Everything the report needs about one run folder (every field may be empty)."""
-
-    stage: str
-    path: Path
-    summary: dict = field(default_factory=dict)
-    config: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    evals: dict = field(default_factory=dict)  # the whole eval.json
-    model_config: dict = field(default_factory=dict)  # GPTConfig fields
-
-    @classmethod
-    def load(cls, path, stage: str | None = None) -> "Run":
-        path = Path(path)
-        summary = _read_json(path / "summary.json")
-        model_dir = Path(summary["model_dir"]) if isinstance(summary.get("model_dir"), str) else path / "model"
-        if not (model_dir / "config.json").exists():
-            model_dir = path / "model"
-        return cls(stage=stage or summary.get("stage") or path.parent.name, path=path, summary=summary,
-                   config=_read_yaml(path / "config.yaml"), metrics=read_metrics(path / "logs" / "metrics.csv"),
-                   evals=_read_json(path / "eval.json"),
-                   model_config=_read_json(model_dir / "config.json").get("config") or {})
-
-    # derived facts -----------------------------------------------------------------------------------------
-    def cfg(self, dotted: str):
-        return _get(self.config, dotted)
-
-    def plan(self, *keys):
-        plan = self.summary.get("plan") if isinstance(self.summary.get("plan"), dict) else {}
-        return next((plan[k] for k in keys if _num(plan.get(k)) is not None), None)
-
-    def _gpt(self):
-        try:
-            import torch
-
-            from nanochat.gpt import GPT, GPTConfig
-
-            with torch.device("meta"):  # shapes only: no memory, no init
-                return GPT(GPTConfig(**self.model_config))
-        except Exception:
-            return None
-
-    def params(self) -> int | None:
-        p = self.plan("params", "n_params")
-        if p is None and self.model_config:
-            model = self._gpt()
-            p = model.num_params() if model is not None else None
-        return int(p) if p is not None else None
-
-    def tokens(self) -> int | None:
-        t = self.plan("tokens", "total_tokens")
-        batch = _num(self.cfg("stage.total_batch_tokens")) or _num(self.cfg("hardware.total_batch_tokens"))
-        if t is None and _num(self.summary.get("steps")) is not None and batch:
-            t = self.summary["steps"] * batch
-        return int(t) if t is not None else None
-
-    def flops(self) -> float | None:
-        f = self.plan("flops", "total_flops")
-        if f is None and self.tokens() and self.model_config:
-            model = self._gpt()
-            f = model.estimate_flops() * self.tokens() if model is not None else None
-        return _num(f)
-
-    def last(self, column: str) -> float | None:
-        points = self.metrics.get(column) or []
-        return points[-1][1] if points else None
-
-    def score(self, key: str) -> float | None:
-        res = _get(self.evals, f"results.{key}")
-        return _num(res.get("score")) if isinstance(res, dict) else _num(res)
-
-    def seconds(self) -> float:
-        return (_num(self.summary.get("fit_seconds")) or 0.0) + (_num(self.evals.get("seconds")) or 0.0)
-
-    def gpus(self) -> int:
-        if self.cfg("hardware.accelerator") != "gpu":
-            return 0
-        return int(_num(self.cfg("hardware.devices")) or 1) * int(_num(self.cfg("hardware.num_nodes")) or 1)
-
-
-def _run_time(path: Path) -> float:
-    files = [path / n for n in ("summary.json", "eval.json", "config.yaml")] + [path]
-    return max(f.stat().st_mtime for f in files if f.exists())
-
-
-def find_runs(root, stage: str) -> list[Path]:
-    """Run folders of a stage, oldest first (single runs and `multirun/*` sweep jobs)."""
-    base = Path(root) / stage
-    candidates = [p for p in base.glob("*") if p.is_dir() and p.name != "multirun"]
-    candidates += [p for p in base.glob("multirun/*") if p.is_dir()]
-    runs = [p for p in candidates
-            if any((p / n).exists() for n in ("summary.json", "eval.json", "config.yaml", "logs/metrics.csv"))]
-    return sorted(runs, key=_run_time)
-
-
-def latest_runs(root) -> dict[str, Run]:
-    out = {}
-    for stage in STAGES:
-        runs = find_runs(root, stage)
-        if runs:
-            out[stage] = Run.load(runs[-1], stage)
-    return out
+_FILES = RunFolder(Path())  # the run-folder file names, for the sentences that mention them
 
 
 # -- environment ----------------------------------------------------------------------------------------------
@@ -219,6 +61,7 @@ def _version(dist: str) -> str:
 
 
 def environment() -> dict:
+    """The machine and code the report is generated on (git commit, CPU, GPU, library versions)."""
     commit = _git(["rev-parse", "--short=12", "HEAD"])
     dirty = _git(["status", "--porcelain", "--untracked-files=no"])
     gpu = None
@@ -235,111 +78,14 @@ def environment() -> dict:
             "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")}
 
 
-# -- plots ----------------------------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    return path
-
-
-def curves_plot(run: Run, path: Path) -> Path | None:
-    """Training loss and validation bpb against the optimizer step; None when the run logged neither."""
-    panels = [(c, t) for c, t in (("train/loss", "training loss (nats/token)"), ("val/bpb", "validation bits per byte"))
-              if run.metrics.get(c)]
-    if not panels:
-        return None
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
-    for ax, (column, title) in zip(axes[0], panels):
-        steps, values = zip(*run.metrics[column])
-        ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=f"{run.stage} {column}")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel(title)
-        ax.set_title(f"{run.stage}: {title}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"{run.stage} run {run.path.name}")
-    return _save(fig, path)
-
-
-def eval_plot(runs: dict[str, Run], path: Path) -> Path | None:
-    """Grouped bars: one group per table metric, one bar per stage that measured it."""
-    stages = [s for s in MODEL_STAGES if s in runs and any(runs[s].score(k) is not None for _, k in TABLE)]
-    if not stages:
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 4.2))
-    width = 0.8 / len(stages)
-    for i, stage in enumerate(stages):
-        xs = [j + (i - (len(stages) - 1) / 2) * width for j in range(len(TABLE))]
-        ys = [runs[stage].score(k) or 0.0 for _, k in TABLE]
-        bars = ax.bar(xs, ys, width, label=stage.upper())
-        for bar, (_, key) in zip(bars, TABLE):
-            value = runs[stage].score(key)
-            if value is not None:
-                ax.annotate(f"{value:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                            ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(range(len(TABLE)), [label for label, _ in TABLE])
-    ax.set_ylabel("score (accuracy; CORE/ChatCORE centred)")
-    ax.set_title("evaluation by stage")
-    ax.axhline(0, color="black", linewidth=0.6)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(title="stage")
-    return _save(fig, path)
-
-
-def scaling_plot(runs, path=None) -> Path:
-    """Validation bpb (and CORE where evaluated) against training FLOPs for a sweep of runs.
-
-    `runs`: run folders or `Run`s (e.g. `find_runs(outputs, "base")`, the `-m` sweep jobs under
-    `outputs/base/multirun/*`). Runs without a FLOP count or a val bpb are left out.
-    """
-    runs = [r if isinstance(r, Run) else Run.load(r) for r in runs]
-    points = [(r.flops(), _num(r.summary.get("val_bpb")) or r.last("val/bpb"), r.score("core"), r) for r in runs]
-    points = sorted((p for p in points if p[0] and p[1] is not None), key=lambda p: p[0])
-    if not points:
-        raise NanochatError("no run has both a training FLOP count and a validation bpb to plot")
-    path = Path(path) if path is not None else Path(runs[0].path).parent / "scaling.png"
-    has_core = any(p[2] is not None for p in points)
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2 if has_core else 1, figsize=(11 if has_core else 6, 4), squeeze=False)
-    panels = [(1, "validation bits per byte")] + ([(2, "CORE")] if has_core else [])
-    for ax, (idx, label) in zip(axes[0], panels):
-        pts = [p for p in points if p[idx] is not None]
-        ax.plot([p[0] for p in pts], [p[idx] for p in pts], marker="o", label=label)
-        for p in pts:
-            depth = p[3].model_config.get("n_layer") or p[3].cfg("model.depth")
-            ax.annotate(f"d{depth}" if depth else p[3].path.name, (p[0], p[idx]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8)
-        ax.set_xscale("log")
-        ax.margins(x=0.12, y=0.1)  # room for the depth labels
-        ax.set_xlabel("training FLOPs")
-        ax.set_ylabel(label)
-        ax.set_title(f"{label} vs compute")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend()
-    return _save(fig, path)
-
-
 # -- markdown -------------------------------------------------------------------------------------------------
 def _f(x, spec: str = ".4f", suffix: str = "") -> str:
-    v = _num(x)
+    v = num(x)
     return "-" if v is None else format(v, spec) + suffix
 
 
 def _duration(seconds: float | None) -> str:
-    s = _num(seconds)
+    s = num(seconds)
     if s is None:
         return "-"
     h, rem = divmod(int(round(s)), 3600)
@@ -347,13 +93,17 @@ def _duration(seconds: float | None) -> str:
 
 
 def _si(x) -> str:
-    v = _num(x)
+    v = num(x)
     if v is None:
         return "-"
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(v) >= scale:
             return f"{v / scale:.2f}{unit}"
     return f"{v:g}"
+
+
+def _image(alt: str, plot: Path, out_dir: Path) -> list[str]:
+    return [f"![{alt}]({plot.relative_to(out_dir).as_posix()})", ""]
 
 
 def header_section(env: dict, root: Path) -> list[str]:
@@ -365,9 +115,10 @@ def header_section(env: dict, root: Path) -> list[str]:
 
 
 def tokenizer_section(run: Run | None) -> list[str]:
-    lines = ["## Tokenizer", ""]
+    stage = STAGES["tokenizer"]
+    lines = [f"## {stage.label}", ""]
     if run is None:
-        return lines + ["No tokenizer run found (`python train.py stage=tokenizer`).", ""]
+        return lines + [f"No tokenizer run found (`{stage.train_command}`).", ""]
     s = run.summary
     lines += [f"Run folder: `{run.path}`", "", f"- vocabulary: {s.get('vocab_size', '-')} tokens "
               f"(split pattern {s.get('pattern', '-')})", f"- training time: {_duration(s.get('fit_seconds'))}"]
@@ -378,103 +129,105 @@ def tokenizer_section(run: Run | None) -> list[str]:
             vocab, ratio = (row + [None, None])[:2] if isinstance(row, list) else (None, row)
             lines.append(f"| {name} | {vocab if vocab is not None else '-'} | {_f(ratio, '.3f')} |")
     elif not s:
-        lines.append("- summary.json missing: the run did not finish")
+        lines.append(f"- {_FILES.summary.name} missing: the run did not finish")
+    return lines + [""]
+
+
+def _eval_lines(run: Run) -> list[str]:
+    results = run.evals.get("results") if isinstance(run.evals.get("results"), dict) else {}
+    if not results:
+        return [f"Not evaluated (no `{_FILES.eval_json.name}`; run `python evaluate.py`).", ""]
+    lines = [f"Evaluation (`{_FILES.eval_json.name}`, {_duration(run.evals.get('seconds'))}):", "",
+             "| metric | score |", "|---|---|"]
+    labels = {key: label for label, key in TABLE} | {"bpb": "bits per byte", "spellingbee": "SpellingBee"}
+    lines += [f"| {labels.get(name, name)} | {_f(run.score(name))} |" for name in results]
+    core_tasks = dig(results, "core.tasks")
+    if isinstance(core_tasks, dict) and core_tasks:
+        lines += ["", "<details><summary>CORE tasks</summary>", "", "| task | accuracy | centred | n |",
+                  "|---|---|---|---|"]
+        lines += [f"| {t} | {_f(dig(v, 'accuracy'))} | {_f(dig(v, 'centered'))} | {dig(v, 'n') or '-'} |"
+                  for t, v in core_tasks.items() if isinstance(v, dict)]
+        lines += ["", "</details>"]
     return lines + [""]
 
 
 def stage_section(stage: str, run: Run | None, plot: Path | None, out_dir: Path) -> list[str]:
-    lines = [f"## {stage.upper()}", ""]
+    lines = [f"## {STAGES[stage].label}", ""]
     if run is None:
-        return lines + [f"Not run (`python train.py stage={stage}`).", ""]
+        return lines + [f"Not run (`{STAGES[stage].train_command}`).", ""]
     s = run.summary
     lines += [f"Run folder: `{run.path}`", ""]
     if not s:
-        lines += ["summary.json missing: the run did not finish (or is still running).", ""]
-    mfu = _num(s.get("mfu"))
-    devices = run.cfg("hardware.devices")
+        lines += [f"{_FILES.summary.name} missing: the run did not finish (or is still running).", ""]
+    mfu = num(s.get("mfu"))
     rows = [("depth", run.cfg("model.depth") or run.model_config.get("n_layer")),
             ("preset", run.cfg("model.preset")), ("hardware", run.cfg("hardware.name")),
-            ("devices", devices if devices is not None else None), ("precision", run.cfg("hardware.precision")),
+            ("devices", run.cfg("hardware.devices")), ("precision", run.cfg("hardware.precision")),
             ("parameters", _si(run.params())), ("training tokens", _si(run.tokens())),
             ("training FLOPs", _si(run.flops())), ("steps", s.get("steps")),
             ("training time", _duration(s.get("fit_seconds"))),
-            ("final training loss", _f(run.last("train/loss"))),
-            ("validation bpb", _f(_num(s.get("val_bpb")) if _num(s.get("val_bpb")) is not None else run.last("val/bpb"))),
+            ("final training loss", _f(run.last("train/loss"))), ("validation bpb", _f(run.val_bpb())),
             ("throughput", _f(s.get("tok_per_s"), ",.0f", " tok/s")),
             ("MFU", "-" if mfu is None else f"{100 * mfu:.1f}%")]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {'-' if v is None else v} |" for k, v in rows] + [""]
-    results = run.evals.get("results") if isinstance(run.evals.get("results"), dict) else {}
-    if results:
-        lines += [f"Evaluation (`eval.json`, {_duration(run.evals.get('seconds'))}):", "", "| metric | score |",
-                  "|---|---|"]
-        labels = {key: label for label, key in TABLE} | {"bpb": "bits per byte", "spellingbee": "SpellingBee"}
-        lines += [f"| {labels.get(name, name)} | {_f(run.score(name))} |" for name in results]
-        core_tasks = _get(results, "core.tasks")
-        if isinstance(core_tasks, dict) and core_tasks:
-            lines += ["", "<details><summary>CORE tasks</summary>", "", "| task | accuracy | centred | n |",
-                      "|---|---|---|---|"]
-            lines += [f"| {t} | {_f(_get(v, 'accuracy'))} | {_f(_get(v, 'centered'))} | {_get(v, 'n') or '-'} |"
-                      for t, v in core_tasks.items() if isinstance(v, dict)]
-            lines += ["", "</details>"]
-        lines.append("")
-    else:
-        lines += ["Not evaluated (no `eval.json`; run `python evaluate.py`).", ""]
+    lines += _eval_lines(run)
     failed = run.evals.get("failed") if isinstance(run.evals.get("failed"), dict) else {}
     if failed:
         lines += ["Evaluations that failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()), ""]
     if plot is not None:
-        lines += [f"![{stage} training curves]({plot.relative_to(out_dir).as_posix()})", ""]
+        lines += _image(f"{stage} training curves", plot, out_dir)
     elif not run.metrics:
-        lines += ["No training curves (`logs/metrics.csv` missing or empty; logger=none?).", ""]
+        metrics = _FILES.metrics.relative_to(_FILES.path).as_posix()
+        lines += [f"No training curves (`{metrics}` missing or empty; logger=none?).", ""]
     return lines
 
 
 def summary_section(runs: dict[str, Run], plot: Path | None, out_dir: Path, price_per_hour: float) -> list[str]:
-    lines = ["## Summary", "", "| metric | " + " | ".join(s.upper() for s in MODEL_STAGES) + " |",
+    lines = ["## Summary", "", "| metric | " + " | ".join(STAGES[s].label for s in MODEL_STAGES) + " |",
              "|---|" + "---|" * len(MODEL_STAGES)]
     for label, key in TABLE:
         cells = [_f(runs[s].score(key)) if s in runs else "-" for s in MODEL_STAGES]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     if plot is not None:
-        lines += [f"![evaluation by stage]({plot.relative_to(out_dir).as_posix()})", ""]
+        lines += _image("evaluation by stage", plot, out_dir)
     total = sum(r.seconds() for r in runs.values())
     gpu_hours = sum(r.seconds() * r.gpus() for r in runs.values()) / 3600
     lines.append(f"Total wall time (training + evaluation, all stages): {_duration(total)}.")
     if gpu_hours > 0:
         lines.append(f"Estimated cost: ${gpu_hours * price_per_hour:,.2f} ({gpu_hours:.2f} GPU-hours at "
-                     f"${price_per_hour:g} per GPU-hour; pass --price-per-hour for your rate).")
+                     f"${price_per_hour:g} per GPU-hour; pass price_per_hour=... for your rate).")
     elif runs:
         lines.append("Cost: a CPU run (no GPU time to pay for).")
     return lines + [""]
 
 
 def scaling_section(root: Path, out_dir: Path) -> list[str]:
-    sweep = [p for p in (root / "base" / "multirun").glob("*") if p.is_dir()]
+    sweep = sweep_folders("base", root)
     if len(sweep) < 2:
         return []
     try:
-        plot = scaling_plot(sorted(sweep, key=_run_time), out_dir / PLOTS_DIR / "scaling.png")
+        plot = scaling_plot(sorted((f.path for f in sweep), key=run_time), out_dir / PLOTS_DIR / "scaling.png")
     except NanochatError as e:
         return ["## Scaling sweep", "", f"{len(sweep)} sweep runs, but no plot: {e}.", ""]
-    return ["## Scaling sweep", "", f"{len(sweep)} base runs under `{root / 'base' / 'multirun'}`.", "",
-            f"![scaling]({plot.relative_to(out_dir).as_posix()})", ""]
+    return ["## Scaling sweep", "", f"{len(sweep)} base runs under `{sweep[0].path.parent}`.", "",
+            *_image("scaling", plot, out_dir)]
 
 
 def build_report(outputs_root=None, out_path=None, price_per_hour: float = DEFAULT_PRICE_PER_HOUR) -> Path:
     """Write the report card (markdown, atomically) and its plots; returns the markdown path.
 
-    outputs_root: the run folders' root (default `nanochat.checkpoint.outputs_dir()`);
+    outputs_root: the run folders' root (default `nanochat.layout.outputs_root()`);
     out_path: the markdown file (default `<outputs_root>/report.md`); plots go to `report_plots/` beside it.
     """
-    from nanochat.checkpoint import outputs_dir
-
-    root = Path(outputs_root) if outputs_root is not None else outputs_dir()
+    root = Path(outputs_root) if outputs_root is not None else layout.outputs_root()
     if not root.is_dir():
         raise NanochatError(f"no outputs folder at {root}; train something first (`python train.py`)")
-    if not (_num(price_per_hour) is not None and price_per_hour >= 0):
+    if not (num(price_per_hour) is not None and price_per_hour >= 0):
         raise NanochatError(f"price per hour must be a non-negative number, got {price_per_hour!r}")
     out_path = Path(out_path) if out_path is not None else root / "report.md"
+    if out_path.is_dir():
+        raise NanochatError(f"out: {out_path} is a folder; give the markdown file to write")
     out_dir = out_path.parent
     runs = latest_runs(root)
     plots = out_dir / PLOTS_DIR
@@ -492,20 +245,28 @@ def build_report(outputs_root=None, out_path=None, price_per_hour: float = DEFAU
     return out_path
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nanochat.report", description="Write the nanochat report card.")
-    parser.add_argument("--outputs", default=None, help="run folders' root (default $NANOCHAT_OUTPUTS or ./outputs)")
-    parser.add_argument("--out", default=None, help="markdown file to write (default <outputs>/report.md)")
-    parser.add_argument("--price-per-hour", type=float, default=DEFAULT_PRICE_PER_HOUR,
-                        help="USD per GPU-hour for the cost estimate (default 3.0, an H100)")
-    args = parser.parse_args(argv)
-    try:
-        path = build_report(args.outputs, args.out, args.price_per_hour)
-    except NanochatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+# -- command line ---------------------------------------------------------------------------------------------
+@dataclass
+class ReportSettings:
+    """`python -m nanochat.report` (and `python evaluate.py report`)."""
+
+    outputs: Optional[str] = knob(None, "the run folders' root (default: $NANOCHAT_OUTPUTS, else ./outputs)")
+    out: Optional[str] = knob(None, "the markdown file to write (default: <outputs>/report.md); plots go beside it")
+    price_per_hour: float = knob(DEFAULT_PRICE_PER_HOUR, "USD per GPU-hour for the cost estimate (3.0: one H100)",
+                                 low=0)
+
+
+def _write(settings: ReportSettings) -> None:
+    path = build_report(settings.outputs, settings.out, settings.price_per_hour)
     print(f"report written to {path}")
-    return 0
+
+
+def main(argv=None) -> int:
+    """Write the report card from `key=value` arguments; a bad one is one `error:` line and exit code 1."""
+    from nanochat.config.command import run_command
+
+    return run_command(ReportSettings, argv, _write, prog="python -m nanochat.report",
+                       summary="Write the nanochat report card: the newest run of every stage, in markdown and plots.")
 
 
 if __name__ == "__main__":

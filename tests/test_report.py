@@ -1,8 +1,10 @@
-"""Report card: every section from synthetic run folders, the right table cells, real (non-blank) plots."""
+"""Report card: every section from synthetic run folders, the right table cells, real (non-blank) plots, the CLI."""
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -10,7 +12,10 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from nanochat import report  # noqa: E402
+from nanochat import report, report_plots, report_runs  # noqa: E402
+from nanochat.common import NanochatError  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODEL_CFG = {"sequence_len": 64, "vocab_size": 512, "n_layer": 2, "n_head": 1, "n_kv_head": 1, "n_embd": 128}
 
@@ -131,16 +136,47 @@ def test_scaling_plot_and_sweep_section(tmp_path):
         write_run(root, "base", f"multirun/d{depth}_{i}", depth=depth, summary={
             "steps": 40, "val_bpb": 2.5 - 0.3 * i, "fit_seconds": 60,
             "plan": {"total_flops": 10 ** (12 + i)}}, evals={"core": {"score": 0.05 * i}} if i else None)
-    png = report.scaling_plot(report.find_runs(root, "base"), tmp_path / "s.png")
+    png = report_plots.scaling_plot(report_runs.find_runs(root, "base"), tmp_path / "s.png")
     _assert_real_png(png)
     md = report.build_report(root).read_text()
     assert "## Scaling sweep" in md and "](report_plots/scaling.png)" in md
-    with pytest.raises(report.NanochatError, match="FLOP"):
-        report.scaling_plot([root / "base" / "nowhere"], tmp_path / "x.png")
+    with pytest.raises(NanochatError, match="FLOP"):
+        report_plots.scaling_plot([root / "base" / "nowhere"], tmp_path / "x.png")
 
 
 def test_cli(outputs, tmp_path, capsys):
-    assert report.main(["--outputs", str(outputs), "--out", str(tmp_path / "r.md")]) == 0
-    assert (tmp_path / "r.md").exists()
-    assert report.main(["--outputs", str(tmp_path / "missing")]) == 1
+    assert report.main([f"outputs={outputs}", f"out={tmp_path / 'r.md'}", "price_per_hour=1.5"]) == 0
+    assert (tmp_path / "r.md").exists() and "at $1.5 per GPU-hour" in (tmp_path / "r.md").read_text()
+    with pytest.raises(SystemExit) as exit_:
+        report.main([f"outputs={tmp_path / 'missing'}"])
+    assert exit_.value.code == 1
     assert capsys.readouterr().err.startswith("error: no outputs folder")
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "nanochat.report", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120, env=env)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["price_per_hour=-1"], "price_per_hour"), (["price_per_hour=cheap"], "price_per_hour"),
+    (["colour=red"], "colour"), (["--outputs", "x"], "key=value"), (["outputs=/no/such/folder"], "no outputs folder"),
+])
+def test_cli_bad_input_is_one_line(args, says):
+    r = _cli(*args)
+    assert r.returncode == 1 and r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr
+
+
+def test_cli_out_is_a_folder(outputs):
+    r = _cli(f"outputs={outputs}", f"out={outputs}")
+    assert r.returncode == 1 and r.stderr.splitlines() == [f"error: out: {outputs} is a folder; give the "
+                                                          "markdown file to write"]
+
+
+def test_cli_help_lists_the_keys():
+    r = _cli("--help")
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m nanochat.report")
+    for key in ("outputs", "out", "price_per_hour"):
+        assert f"  {key} " in r.stdout
