@@ -1,10 +1,8 @@
 """CORE evaluation: hand-computed scores with a scripted model, few-shot determinism, cropping, the bundle."""
 import csv
-import http.server
 import io
 import json
 import random
-import threading
 import zipfile
 from pathlib import Path
 
@@ -12,9 +10,11 @@ import pytest
 import torch
 
 from nanochat.common import NanochatError, shared_data_dir
-from nanochat.core_eval import (TaskError, TaskSpec, centered, crop_left, ensure_bundle, evaluate_core,
-                                evaluate_task, fewshot_indices, load_bundle, load_task_data, render_prompts)
+from nanochat.core_bundle import TaskSpec, ensure_bundle, load_bundle, load_task_data
+from nanochat.core_eval import (TaskError, centered, crop_left, evaluate_core, evaluate_task, fewshot_indices,
+                                render_prompts)
 from nanochat.tokenizer import Tokenizer
+from tests.test_download import Server
 
 TOK = Tokenizer.byte_level()  # token id = byte value, <|bos|> = 256
 V = TOK.vocab_size
@@ -242,50 +242,58 @@ def bundle_zip(tmp_path: Path) -> bytes:
     return buf.getvalue()
 
 
+ZIP = "eval_bundle.zip"
+
+
 @pytest.fixture()
-def server():
-    state = {"body": b"", "hits": 0}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            state["hits"] += 1
-            body = state["body"]
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    state["url"] = f"http://127.0.0.1:{httpd.server_address[1]}/eval_bundle.zip"
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+def server(tmp_path):
+    """The shard-download tests' misbehaving server, serving a good bundle zip."""
+    s = Server()
+    s.files[ZIP] = bundle_zip(tmp_path)
+    s.zip_url = f"{s.url}/{ZIP}"
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
 
 
 def test_download_extract_and_reuse(tmp_path, server):
-    server["body"] = bundle_zip(tmp_path)
     dest = tmp_path / "cache" / "eval_bundle"
-    specs = load_bundle(dest, url=server["url"], progress=False)
-    assert [s.label for s in specs] == ["mc", "lm"] and server["hits"] == 1
-    assert (dest / "core.yaml").is_file() and not (dest.parent / "eval_bundle.zip").exists()
-    res = evaluate_core(BigramModel(), TOK, dest, url=server["url"], progress=False)
-    assert res["tasks"]["mc"]["accuracy"] == pytest.approx(2 / 3) and server["hits"] == 1  # not fetched again
+    specs = load_bundle(dest, url=server.zip_url, progress=False)
+    assert [s.label for s in specs] == ["mc", "lm"] and len(server.requests(ZIP)) == 1
+    assert (dest / "core.yaml").is_file() and not (dest.parent / ZIP).exists()
+    res = evaluate_core(BigramModel(), TOK, dest, url=server.zip_url, progress=False)
+    assert res["tasks"]["mc"]["accuracy"] == pytest.approx(2 / 3)
+    assert len(server.requests(ZIP)) == 1  # not fetched again
 
 
 def test_download_rejects_a_corrupt_zip(tmp_path, server):
-    good = bundle_zip(tmp_path)
-    server["body"] = good[: len(good) // 2] + b"\0" * (len(good) - len(good) // 2)
+    good = server.files[ZIP]
+    server.files[ZIP] = good[: len(good) // 2] + b"\0" * (len(good) - len(good) // 2)
     dest = tmp_path / "cache" / "eval_bundle"
-    with pytest.raises(NanochatError, match="eval bundle download failed"):
-        ensure_bundle(dest, url=server["url"], retries=1, backoff=0.01, progress=False)
-    assert not dest.exists() and server["hits"] == 2
-    server["body"] = good
-    assert (ensure_bundle(dest, url=server["url"], retries=0, progress=False) / "eval_meta_data.csv").is_file()
+    with pytest.raises(NanochatError, match=f"download of {ZIP} failed after 2 attempts.*not a usable eval bundle zip"):
+        ensure_bundle(dest, url=server.zip_url, retries=1, backoff=0.01, progress=False)
+    assert not dest.exists() and len(server.requests(ZIP)) == 2
+    assert not (dest.parent / (ZIP + ".partial")).exists()  # complete but corrupt: never resumed
+    server.files[ZIP] = good
+    assert (ensure_bundle(dest, url=server.zip_url, retries=0, progress=False) / "eval_meta_data.csv").is_file()
+
+
+def test_bundle_download_resumes_through_the_shared_downloader(tmp_path, server):
+    """A dropped connection resumes with a Range request (`nanochat.download`), like a FineWeb-EDU shard."""
+    server.plan[ZIP] = ["drop", "drop"]
+    dest = tmp_path / "eval_bundle"
+    assert (ensure_bundle(dest, url=server.zip_url, retries=2, backoff=0.001, progress=False) / "core.yaml").is_file()
+    reqs = server.requests(ZIP)
+    assert reqs[0] is None and len(reqs) == 3
+    starts = [int(r.split("=")[1].rstrip("-")) for r in reqs[1:]]
+    assert 0 < starts[0] < starts[1] < len(server.files[ZIP])
+
+
+def test_bundle_404_is_not_retried(tmp_path, server):
+    with pytest.raises(NanochatError, match="HTTP 404"):
+        ensure_bundle(tmp_path / "eval_bundle", url=f"{server.url}/missing.zip", retries=3, backoff=0.001,
+                      progress=False)
+    assert len(server.requests("missing.zip")) == 1 and not (tmp_path / "eval_bundle").exists()
 
 
 # -----------------------------------------------------------------------------------------------------------------

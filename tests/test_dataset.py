@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from nanochat.common import NanochatError
-from nanochat.dataset import (GROUP_DOCS, disk_needs, disk_needs_table, get_source, iter_texts, main,
-                              params_for_depth, shard_name, shards_needed)
+from nanochat.dataset import (GROUP_DOCS, disk_needs, disk_needs_table, get_source, iter_texts, params_for_depth,
+                              shard_name, shards_needed)
 
 
 def docs_for(prefix: str, n: int) -> list[str]:
@@ -171,15 +171,6 @@ def test_shard_arithmetic():
     assert shards_needed(1) == 1
     table = disk_needs_table()
     assert "| d20 |" in table and table.count("\n") >= 3
-
-
-def test_cli_errors_are_one_line(capsys, tmp_path):
-    assert main(["download"]) == 1
-    assert capsys.readouterr().err.strip().count("\n") == 0
-    assert main(["download", "n=x"]) == 1
-    assert main(["frobnicate"]) == 1
-    assert main(["info", f"dir={tmp_path}"]) == 0
-    assert "training shards" in capsys.readouterr().out
 
 
 def test_fineweb_config_keys_are_accepted(tmp_path):

@@ -1,7 +1,8 @@
-"""Shard download against a local HTTP server that misbehaves on purpose.
+"""The shared downloader (`nanochat.download`), through the shard download, against a local HTTP server that
+misbehaves on purpose.
 
 Every shard must end verified or absent (never half), Range resumes must really resume, permanent errors must
-not be retried, and the per-shard lock must prevent a second fetch.
+not be retried, and the per-file lock must prevent a second fetch. `Server` is also used by test_core_eval.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from nanochat.common import NanochatError
-from nanochat.dataset import download_file, download_shards, get_source, main, shard_name, verify_shard
+from nanochat.dataset import download_shard, download_shards, get_source, main, shard_name, verify_shard
+from nanochat.download import Permanent, download_file
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = dict(retries=3, backoff=0.001, timeout=5.0)
@@ -144,7 +146,7 @@ def test_downloads_n_plus_validation_in_parallel(server, tmp_path):
 def test_dropped_connection_resumes_with_range(server, tmp_path):
     name = shard_name(0)
     server.plan[name] = ["drop", "drop"]
-    download_file(f"{server.url}/{name}", tmp_path / name, **FAST)
+    download_shard(f"{server.url}/{name}", tmp_path / name, **FAST)
     reqs = server.requests(name)
     assert reqs[0] is None and len(reqs) == 3
     starts = [int(r.split("=")[1].rstrip("-")) for r in reqs[1:]]
@@ -156,7 +158,7 @@ def test_dropped_connection_resumes_with_range(server, tmp_path):
 def test_server_ignoring_range_restarts(server, tmp_path):
     name = shard_name(1)
     server.plan[name] = ["drop", "ignore_range"]
-    download_file(f"{server.url}/{name}", tmp_path / name, **FAST)
+    download_shard(f"{server.url}/{name}", tmp_path / name, **FAST)
     assert server.requests(name)[1] is not None  # asked to resume, got the whole file back
     assert (tmp_path / name).read_bytes() == server.files[name]
 
@@ -164,12 +166,12 @@ def test_server_ignoring_range_restarts(server, tmp_path):
 def test_server_errors_retry_then_fail(server, tmp_path):
     name = shard_name(2)
     server.plan[name] = ["503", "503"]
-    download_file(f"{server.url}/{name}", tmp_path / name, **FAST)
+    download_shard(f"{server.url}/{name}", tmp_path / name, **FAST)
     assert len(server.requests(name)) == 3 and verify_shard(tmp_path / name) is None
     name = shard_name(3)
     server.always[name] = "503"
     with pytest.raises(NanochatError, match=r"after 4 attempts.*HTTP 503"):
-        download_file(f"{server.url}/{name}", tmp_path / name, **FAST)
+        download_shard(f"{server.url}/{name}", tmp_path / name, **FAST)
     assert not (tmp_path / name).exists()
     assert len(server.requests(name)) == 4
 
@@ -185,11 +187,11 @@ def test_permanent_404_is_not_retried(server, tmp_path):
 def test_corrupt_and_short_bodies_are_never_kept(server, tmp_path):
     name = shard_name(4)
     server.plan[name] = ["corrupt", "short"]
-    download_file(f"{server.url}/{name}", tmp_path / name, **FAST)  # third attempt is fine
+    download_shard(f"{server.url}/{name}", tmp_path / name, **FAST)  # third attempt is fine
     assert (tmp_path / name).read_bytes() == server.files[name]
     server.always[shard_name(5)] = "corrupt"
     with pytest.raises(NanochatError, match="corrupt"):
-        download_file(f"{server.url}/{shard_name(5)}", tmp_path / shard_name(5), **FAST)
+        download_shard(f"{server.url}/{shard_name(5)}", tmp_path / shard_name(5), **FAST)
     assert not (tmp_path / shard_name(5)).exists()
     assert not (tmp_path / (shard_name(5) + ".partial")).exists()
     assert_clean(tmp_path)
@@ -200,14 +202,14 @@ def test_truncated_forever_keeps_only_a_partial(server, tmp_path):
     server.always[name] = "drop"
     server.files[name] = server.files[name] * 1  # same bytes; every response hangs up early
     with pytest.raises(NanochatError, match="truncated"):
-        download_file(f"{server.url}/{name}", tmp_path / name, retries=1, backoff=0.001, timeout=5)
+        download_shard(f"{server.url}/{name}", tmp_path / name, retries=1, backoff=0.001, timeout=5)
     assert not (tmp_path / name).exists()
     partial = tmp_path / (name + ".partial")
     assert partial.exists() and verify_shard(partial) is not None
     with pytest.raises(NanochatError, match="no FineWeb-EDU shards"):
         get_source("fineweb_edu", dir=str(tmp_path), total_shards=6)
     server.always.pop(name)
-    download_file(f"{server.url}/{name}", tmp_path / name, **FAST)  # a later call resumes the partial file
+    download_shard(f"{server.url}/{name}", tmp_path / name, **FAST)  # a later call resumes the partial file
     assert server.requests(name)[-1].startswith("bytes=")
     assert (tmp_path / name).read_bytes() == server.files[name]
 
@@ -216,9 +218,25 @@ def test_shard_without_text_column_fails_clearly(server, tmp_path):
     name = shard_name(0)
     server.files[name] = make_shard(0, column="content")
     with pytest.raises(NanochatError, match="no 'text' column"):
-        download_file(f"{server.url}/{name}", tmp_path / name, **FAST)
+        download_shard(f"{server.url}/{name}", tmp_path / name, **FAST)
     assert len(server.requests(name)) == 1
     assert not list(tmp_path.glob("*.parquet")) and not list(tmp_path.glob("*.partial"))
+
+
+def test_any_file_with_the_callers_check(server, tmp_path):
+    """The downloader itself knows nothing of parquet: `verify` decides, and may declare a file hopeless."""
+    server.files["notes.txt"] = b"hello " * 1000
+    server.plan["notes.txt"] = ["drop"]
+    assert download_file(f"{server.url}/notes.txt", tmp_path / "notes.txt", **FAST).read_bytes() == b"hello " * 1000
+    assert server.requests("notes.txt")[1] == "bytes=2000-"  # resumed after the third the server sent
+
+    def hopeless(path):
+        raise Permanent("not what we asked for")
+
+    with pytest.raises(NanochatError, match="not what we asked for"):
+        download_file(f"{server.url}/notes.txt", tmp_path / "other.txt", hopeless, **FAST)
+    assert len(server.requests("notes.txt")) == 3  # not retried
+    assert not (tmp_path / "other.txt").exists() and not (tmp_path / "other.txt.partial").exists()
 
 
 def test_network_down(tmp_path):
@@ -235,7 +253,7 @@ def test_network_down(tmp_path):
 def test_existing_corrupt_file_is_replaced(server, tmp_path):
     name = shard_name(1)
     (tmp_path / name).write_bytes(server.files[name][:1000])
-    download_file(f"{server.url}/{name}", tmp_path / name, **FAST)
+    download_shard(f"{server.url}/{name}", tmp_path / name, **FAST)
     assert (tmp_path / name).read_bytes() == server.files[name]
 
 
@@ -246,7 +264,7 @@ def test_lock_prevents_double_fetch_threads(server, tmp_path):
 
     def fetch():
         try:
-            download_file(f"{server.url}/{name}", tmp_path / name, **FAST)
+            download_shard(f"{server.url}/{name}", tmp_path / name, **FAST)
         except Exception as e:  # noqa: BLE001
             errors.append(e)
 
@@ -263,8 +281,8 @@ def test_lock_prevents_double_fetch_threads(server, tmp_path):
 def test_lock_prevents_double_fetch_processes(server, tmp_path):
     name = shard_name(3)
     server.plan[name] = ["slow"]
-    code = ("import sys; from nanochat.dataset import download_file; "
-            "download_file(sys.argv[1], sys.argv[2], retries=1, backoff=0.001)")
+    code = ("import sys; from nanochat.dataset import download_shard; "
+            "download_shard(sys.argv[1], sys.argv[2], retries=1, backoff=0.001)")
     procs = [subprocess.Popen([sys.executable, "-c", code, f"{server.url}/{name}", str(tmp_path / name)], cwd=ROOT)
              for _ in range(2)]
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
