@@ -1,4 +1,4 @@
-"""The terminal chat: one-shot (-p) as a real subprocess, and a multi-turn session read from stdin."""
+"""The terminal chat: one-shot (a prompt) as a real subprocess, a multi-turn session read from stdin, the CLI."""
 from __future__ import annotations
 
 import io
@@ -32,18 +32,29 @@ def greedy_reply(model_dir, messages, max_tokens):
 
 def test_one_shot_prints_the_greedy_answer(model_dir):
     q = "Why is the sky blue?"
-    r = subprocess.run([sys.executable, "-m", "nanochat.chat_cli", "--ckpt", str(model_dir), "-p", q, "-t", "0",
-                        "--max-tokens", "12"], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert r.returncode == 0, r.stderr
     expected = greedy_reply(model_dir, [{"role": "user", "content": q}], 12)
-    assert expected and r.stdout == expected + "\n"
+    for args in ([f"ckpt={model_dir}", f"prompt={q}", "temperature=0", "max_tokens=12"],
+                 [q, f"ckpt={model_dir}", "temperature=0", "max_tokens=12"]):  # the prompt as first argument
+        r = _cli(*args)
+        assert r.returncode == 0, r.stderr
+        assert expected and r.stdout == expected + "\n"
+
+
+def test_free_text_is_taken_verbatim():
+    from nanochat.chat_cli import split_text
+
+    assert split_text(["What's 2+2=?, said I", "ckpt=x"]) == (["ckpt=x"], {"prompt": "What's 2+2=?, said I"})
+    assert split_text(["top_k=3", "system=Be brief, be kind.", "prompt=a=b"]) == (
+        ["top_k=3"], {"system": "Be brief, be kind.", "prompt": "a=b"})
+    assert split_text(["colour=red"]) == (["colour=red"], {})  # a setting-like typo stays a setting (an error)
+    assert split_text(["--help"]) == (["--help"], {})
 
 
 def test_interactive_session_from_stdin(model_dir, monkeypatch, capsys):
     from nanochat import chat_cli
 
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n\nand then?\nclear\nagain\nquit\nnever read\n"))
-    assert chat_cli.main(["--ckpt", str(model_dir), "-t", "0", "--max-tokens", "8"]) == 0
+    assert chat_cli.main([f"ckpt={model_dir}", "temperature=0", "max_tokens=8"]) == 0
     out = capsys.readouterr().out
     assert "never read" not in out
     first = greedy_reply(model_dir, [{"role": "user", "content": "hello"}], 8)
@@ -53,9 +64,25 @@ def test_interactive_session_from_stdin(model_dir, monkeypatch, capsys):
     assert out.endswith(f"nanochat: {first}\nnanochat: {second}\n(conversation cleared)\nnanochat: {third}\n")
 
 
-def test_errors_are_one_line(tmp_path, capsys):
-    from nanochat import chat_cli
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "nanochat.chat_cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
 
-    assert chat_cli.main(["--ckpt", str(tmp_path / "nothing"), "-p", "hi"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: no model at")
+
+@pytest.mark.parametrize("args, says", [
+    (["temperature=-1"], "temperature"), (["top_k=many"], "top_k"), (["max_tokens=0"], "max_tokens"),
+    (["seed=1.5"], "seed"), (["colour=red"], "colour"), (["--ckpt", "x"], "key=value"),
+    (["ckpt=/no/such/model", "prompt=hi"], "no model at"), (["ckpt=latest:nope"], "unknown stage"),
+])
+def test_bad_input_is_one_line(args, says):
+    r = _cli(*args)
+    assert r.returncode == 1 and r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr
+
+
+def test_help_lists_the_keys():
+    r = _cli("--help")
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m nanochat.chat_cli")
+    for key in ("prompt", "ckpt", "temperature", "top_k", "max_tokens", "seed", "system", "device"):
+        assert f"  {key} " in r.stdout
