@@ -7,11 +7,13 @@ scalars, sliding windows) have no counterpart there; such models are exported in
 message that names the features in the way.
 
     python -m nanochat.export ckpt=latest:sft out=exports/sft [hf=auto|true|false] [dtype=float32|bfloat16]
-                              [push_to_hub=true repo=user/name [private=true]]
+                              [push_to_hub=true repo=user/name [private=true]]      # --help: every key
 
 Output folder: `model.safetensors`, `config.json`, `tokenizer/` (ours), `README.md` (model card), and when the
 architecture allows it the files `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained(out)` read
-(`config.json` is then the transformers config, with ours under its "nanochat" key; `tokenizer.json`).
+(`config.json` is then the transformers config, with ours under its "nanochat" key; `tokenizer.json`). `out`
+must be new, empty or an earlier export (replaced as a whole): any other folder is refused, so an export never
+overwrites files it did not write.
 """
 from __future__ import annotations
 
@@ -20,13 +22,13 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
-from nanochat.common import NanochatError, atomic_path, atomic_write_bytes
+from nanochat.common import NanochatError, atomic_path, atomic_write_bytes, knob
 from nanochat.gpt import GPT, GPTConfig
 
 WEIGHTS_FILE = "model.safetensors"
@@ -180,17 +182,6 @@ def _save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict
         save_file(state, str(tmp), metadata=metadata)
 
 
-def _save_hf_tokenizer(hf_tok, out: Path) -> None:
-    """save_pretrained into a scratch folder beside `out`, then move each file in with an atomic rename."""
-    scratch = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=out))
-    try:
-        hf_tok.save_pretrained(str(scratch))
-        for f in scratch.iterdir():
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
 def _fmt(x, spec: str) -> str:
     return format(x, spec) if isinstance(x, (int, float)) else "-"
 
@@ -228,43 +219,90 @@ def model_card(config: GPTConfig, meta: dict, n_params: int, hf: bool, blockers:
     return "\n".join(lines)
 
 
-def export_model(model: GPT, tokenizer, out, meta: dict | None = None, hf: str = "auto",
-                 dtype: torch.dtype = torch.float32, evals: dict | None = None) -> dict:
-    """Write `model` (+ tokenizer, card) to folder `out`. hf: "auto" (when possible), "true" (or fail), "false".
+def is_export(path) -> bool:
+    """Whether folder `path` holds an export of ours (either layout): the only non-empty folder we replace."""
+    path = Path(path)
+    try:
+        info = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    ours = isinstance(info, dict) and ("nanochat" in info or {"config", "meta"} <= set(info))
+    return ours and (path / WEIGHTS_FILE).exists()
 
-    Returns {"out": Path, "hf": bool, "blockers": [...]}.
-    """
-    if hf not in ("auto", "true", "false"):
-        raise NanochatError(f"hf must be auto, true or false, got {hf!r}")
-    meta = dict(meta or {})
-    config = model.config
-    blockers = hf_blockers(config)
-    if hf == "true" and blockers:
-        raise NanochatError("cannot export to transformers: its NanoChat model has no " + ", no ".join(blockers)
-                            + "; use hf=false (or hf=auto) for a safetensors export in nanochat's layout")
-    use_hf = hf != "false" and not blockers
+
+def check_target(out) -> bool:
+    """Refuse an `out` that is a file or a non-empty folder other than an earlier export; True: replace one."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise NanochatError(f"out: {out} is a file, not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return False
+    if not is_export(out):
+        raise NanochatError(f"out: {out} is not empty and holds no earlier export; give a new or empty folder "
+                            "(nothing was written)")
+    return True
+
+
+def _move_entries(src: Path, dst: Path, keep=()) -> None:
+    for entry in list(src.iterdir()):
+        if entry not in keep:
+            os.replace(entry, dst / entry.name)
+
+
+def _write_files(model: GPT, tokenizer, folder: Path, meta: dict, use_hf: bool, dtype: torch.dtype) -> None:
+    config = model.config
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    tokenizer.save(out / "tokenizer")
+    tokenizer.save(folder / "tokenizer")
     if use_hf:
         from transformers import GenerationConfig, NanoChatConfig
 
         hf_cfg = NanoChatConfig(**hf_config_dict(config, tokenizer, meta), dtype=str(dtype).split(".")[-1])
         hf_cfg.architectures = ["NanoChatForCausalLM"]
-        _save_safetensors(to_hf_state_dict(state), out / WEIGHTS_FILE, {"format": "pt"})
-        atomic_write_bytes(out / "config.json", hf_cfg.to_json_string().encode())
+        _save_safetensors(to_hf_state_dict(state), folder / WEIGHTS_FILE, {"format": "pt"})
+        atomic_write_bytes(folder / "config.json", hf_cfg.to_json_string().encode())
         gen = GenerationConfig(bos_token_id=hf_cfg.bos_token_id, eos_token_id=hf_cfg.eos_token_id,
                                pad_token_id=hf_cfg.pad_token_id)
-        atomic_write_bytes(out / "generation_config.json", gen.to_json_string().encode())
-        _save_hf_tokenizer(hf_tokenizer(tokenizer, config.sequence_len), out)
+        atomic_write_bytes(folder / "generation_config.json", gen.to_json_string().encode())
+        hf_tokenizer(tokenizer, config.sequence_len).save_pretrained(str(folder))
     else:
-        _save_safetensors(state, out / WEIGHTS_FILE, {"format": "pt", "layout": "nanochat"})
+        _save_safetensors(state, folder / WEIGHTS_FILE, {"format": "pt", "layout": "nanochat"})
         info = {"config": asdict(config), "meta": meta}
-        atomic_write_bytes(out / "config.json", json.dumps(info, indent=2).encode())
-    card = model_card(config, meta, model.num_params(), use_hf, blockers, evals)
-    atomic_write_bytes(out / "README.md", card.encode())
-    return {"out": out, "hf": use_hf, "blockers": blockers}
+        atomic_write_bytes(folder / "config.json", json.dumps(info, indent=2).encode())
+
+
+def export_model(model: GPT, tokenizer, out, meta: dict | None = None, hf: str = "auto",
+                 dtype: torch.dtype = torch.float32, evals: dict | None = None) -> dict:
+    """Write `model` (+ tokenizer, card) to folder `out`. hf: "auto" (when possible), "true" (or fail), "false".
+
+    `out` must be new, empty, or an earlier export (replaced as a whole); anything else is refused before a
+    byte is written. The files are written into a scratch folder inside `out` and moved in at the end, so a
+    failed export leaves `out` as it was. Returns {"out": Path, "hf": bool, "blockers": [...], "replaced": bool}.
+    """
+    if hf not in ("auto", "true", "false"):
+        raise NanochatError(f"hf: {hf!r} is not allowed; expected one of: auto, true, false")
+    blockers = hf_blockers(model.config)
+    if hf == "true" and blockers:
+        raise NanochatError("cannot export to transformers: its NanoChat model has no " + ", no ".join(blockers)
+                            + "; use hf=false (or hf=auto) for a safetensors export in nanochat's layout")
+    use_hf = hf != "false" and not blockers
+    out = Path(out)
+    replaced = check_target(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        _write_files(model, tokenizer, scratch, dict(meta or {}), use_hf, dtype)
+        card = model_card(model.config, dict(meta or {}), model.num_params(), use_hf, blockers, evals)
+        atomic_write_bytes(scratch / "README.md", card.encode())
+        old = Path(tempfile.mkdtemp(prefix=".replaced-", dir=out))
+        _move_entries(out, old, keep=(scratch, old))  # the earlier export, if any, out of the way
+        _move_entries(scratch, out)
+        shutil.rmtree(old)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+    return {"out": out, "hf": use_hf, "blockers": blockers, "replaced": replaced}
 
 
 def load_export(path, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
@@ -316,76 +354,65 @@ def push_folder(out, repo: str, private: bool = False, token: str | None = None,
 
 
 # -- command line ---------------------------------------------------------------------------------------------
-_BOOL = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
-USAGE = ("usage: python -m nanochat.export ckpt=<model folder | .ckpt | latest:<stage>> out=<folder> "
-         "[hf=auto|true|false] [dtype=float32|bfloat16|float16] [push_to_hub=true repo=user/name [private=true]]")
 
 
-def _parse(argv: Sequence[str]) -> dict:
-    allowed = {"ckpt", "out", "hf", "dtype", "push_to_hub", "repo", "private"}
-    args = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        key = key.lstrip("-")
-        if not sep or key not in allowed:
-            raise NanochatError(f"unexpected argument {arg!r}\n{USAGE}")
-        args[key] = value
-    for key in ("push_to_hub", "private"):
-        if key in args:
-            if args[key].lower() not in _BOOL:
-                raise NanochatError(f"{key} must be true or false, got {args[key]!r}")
-            args[key] = _BOOL[args[key].lower()]
-    if "dtype" in args:
-        if args["dtype"] not in _DTYPES:
-            raise NanochatError(f"dtype must be one of {', '.join(_DTYPES)}, got {args['dtype']!r}")
-        args["dtype"] = _DTYPES[args["dtype"]]
-    if "out" not in args:
-        raise NanochatError(f"out=<folder> is required\n{USAGE}")
-    if args.get("push_to_hub") and not args.get("repo"):
-        raise NanochatError("push_to_hub=true needs repo=<user>/<name>")
-    return args
+@dataclass
+class ExportSettings:
+    """`python -m nanochat.export`."""
+
+    out: str = knob(MISSING, "the folder to write: new, empty, or an earlier export (which is replaced)")
+    ckpt: Optional[str] = knob(None, "model folder, .ckpt or latest:<stage> (default: newest of rl/sft/mid/base)")
+    hf: str = knob("auto", "transformers layout: auto (when the model allows it), true (or fail) or false")
+    dtype: str = knob("float32", "weight precision of the export", choices=tuple(_DTYPES))
+    push_to_hub: bool = knob(False, "upload the folder to the Hugging Face Hub afterwards")
+    repo: Optional[str] = knob(None, "the Hub repo (user/name) for push_to_hub=true")
+    private: bool = knob(False, "create the Hub repo private")
 
 
-def run(argv: Sequence[str]) -> dict:
+def run(settings: ExportSettings) -> dict:
+    """Check every setting (and the target folder), then load the model, export it, push it if asked."""
     from nanochat.checkpoint import load_model, resolve_model_path
+    from nanochat.layout import RunFolder
 
-    args = _parse(argv)
-    path = resolve_model_path(args.get("ckpt"))
+    hf = str(settings.hf).lower()  # `hf=true` reaches us as the bool's text
+    if hf not in ("auto", "true", "false"):
+        raise NanochatError(f"hf: {settings.hf!r} is not allowed; expected one of: auto, true, false")
+    if settings.push_to_hub and not settings.repo:
+        raise NanochatError("push_to_hub=true needs repo=<user>/<name>")
+    check_target(settings.out)
+    path = resolve_model_path(settings.ckpt)
     model, tokenizer, meta = load_model(path)
     evals = None
-    run_dir = path.parent if path.is_dir() else path.parent.parent
-    if (run_dir / "eval.json").exists():
+    eval_json = RunFolder.containing(path).eval_json
+    if eval_json.exists():
         try:
-            evals = json.loads((run_dir / "eval.json").read_text()).get("results")
+            evals = json.loads(eval_json.read_text()).get("results")
         except (json.JSONDecodeError, AttributeError):
             evals = None  # a broken eval file should not block an export
-    result = export_model(model, tokenizer, args["out"], meta={**meta, "source": str(path)},
-                          hf=args.get("hf", "auto"), dtype=args.get("dtype", torch.float32), evals=evals)
-    print(f"exported {path} -> {result['out']}")
+    result = export_model(model, tokenizer, settings.out, meta={**meta, "source": str(path)}, hf=hf,
+                          dtype=_DTYPES[settings.dtype], evals=evals)
+    print(f"exported {path} -> {result['out']}" + (" (the earlier export there replaced)" if result["replaced"]
+                                                     else ""))
     if result["hf"]:
         print("transformers: AutoModelForCausalLM.from_pretrained / AutoTokenizer.from_pretrained load this folder")
     else:
         print("transformers: not exported; its NanoChat model has no " + ", no ".join(result["blockers"])
               if result["blockers"] else "transformers: skipped (hf=false)")
-    if args.get("push_to_hub"):
-        url = push_folder(result["out"], args["repo"], private=args.get("private", False))
+    if settings.push_to_hub:
+        url = push_folder(result["out"], settings.repo, private=settings.private)
         print(f"pushed to the Hub: {url}")
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0
-    try:
-        run(argv)
-    except NanochatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    """`key=value` settings (see ExportSettings); a bad one is one `error:` line and exit code 1."""
+    from nanochat.config.command import run_command
+
+    return run_command(ExportSettings, argv, run, prog="python -m nanochat.export",
+                       summary="Export a trained model: safetensors, a transformers folder when the "
+                               "architecture allows it, optionally pushed to the Hugging Face Hub.")
 
 
 if __name__ == "__main__":

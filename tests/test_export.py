@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,6 +17,8 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
 from nanochat import export  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TEXT = ("the quick brown fox jumps over the lazy dog 1234567 times; Ünïcode ✓ 東京 \n\n  x!!! "
         "it's what we've done   \t tabs\r\nend")
@@ -112,22 +117,79 @@ def test_value_embeddings_get_a_clear_refusal(tok, tmp_path):
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
-def test_cli_exports_a_run_folder_and_rejects_bad_input(tok, tmp_path, capsys, monkeypatch):
-    from nanochat.checkpoint import export_model as save_model_folder
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "nanochat.export", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120, env={**os.environ, **(env or {})})
 
-    run = tmp_path / "outputs" / "sft" / "d2"
-    save_model_folder(tiny_model(tok), tok, run / "model", meta={"stage": "sft", "steps": 7})
-    (run / "eval.json").write_text(json.dumps({"results": {"arc_easy": {"score": 0.3125}}}))
+
+@pytest.fixture()
+def run_folder(tok, tmp_path):
+    from nanochat.checkpoint import export_model as save_model_folder
+    from nanochat.layout import RunFolder
+
+    run = RunFolder(tmp_path / "outputs" / "sft" / "d2")
+    save_model_folder(tiny_model(tok), tok, run.model, meta={"stage": "sft", "steps": 7})
+    run.eval_json.write_text(json.dumps({"results": {"arc_easy": {"score": 0.3125}}}))
+    return run
+
+
+def test_cli_exports_a_run_folder_and_replaces_only_its_own_export(run_folder, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NANOCHAT_OUTPUTS", str(tmp_path / "outputs"))
     assert export.main(["ckpt=latest:sft", f"out={tmp_path / 'exp'}"]) == 0
     assert "AutoModelForCausalLM" in capsys.readouterr().out
     assert "0.3125" in (tmp_path / "exp" / "README.md").read_text()
     assert (tmp_path / "exp" / "tokenizer.json").exists() and (tmp_path / "exp" / "tokenizer" / "tokenizer.pkl").exists()
-    for bad in (["ckpt=latest:rl", "out=x"], ["out=x", "dtype=int3"], ["ckpt=nowhere", "out=x"],
-                ["out=x", "push_to_hub=true"], ["colour=red"]):
-        assert export.main(bad) == 1
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and "Traceback" not in err
+    # a second export replaces the first as a whole (no stale transformers files), and says so
+    assert export.main(["ckpt=latest:sft", f"out={tmp_path / 'exp'}", "hf=false"]) == 0
+    assert "earlier export there replaced" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                                    "tokenizer"]
+    export.load_export(tmp_path / "exp")
+    # an empty folder is fine; a folder with other files is never written into
+    (tmp_path / "empty").mkdir()
+    assert export.main([f"ckpt={run_folder.path}", f"out={tmp_path / 'empty'}", "dtype=bf16"]) == 0
+    with pytest.raises(SystemExit):
+        export.main([f"ckpt={run_folder.path}", f"out={run_folder.path}"])
+    assert "holds no earlier export" in capsys.readouterr().err
+    assert sorted(p.name for p in run_folder.path.iterdir()) == ["eval.json", "model"]
+
+
+def test_a_failed_export_leaves_the_earlier_one(tok, tmp_path, monkeypatch):
+    export.export_model(tiny_model(tok), tok, tmp_path / "exp", hf="false")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "exp").iterdir() if p.is_file()}
+    monkeypatch.setattr(export, "model_card", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        export.export_model(tiny_model(tok, seed=1), tok, tmp_path / "exp", hf="false")
+    after = {p.name: p.read_bytes() for p in (tmp_path / "exp").iterdir() if p.is_file()}
+    assert after == before and not [p for p in (tmp_path / "exp").iterdir() if p.name.startswith(".")]
+    with pytest.raises(ZeroDivisionError):
+        export.export_model(tiny_model(tok), tok, tmp_path / "new", hf="false")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["ckpt=latest:rl", "out=x"], "no trained rl model"), (["out=x", "dtype=int3"], "dtype"),
+    (["ckpt=nowhere", "out=x"], "no model at nowhere"), (["out=x", "push_to_hub=true"], "repo="),
+    (["colour=red"], "colour"), (["out=x", "hf=maybe"], "hf"), (["ckpt=nowhere"], "out must be given"),
+    (["--out", "x"], "key=value"), (["out=FILE"], "is a file, not a folder"),
+    (["out=OUTPUTS", "ckpt=latest:sft"], "holds no earlier export"),
+])
+def test_cli_bad_input_is_one_line(args, says, tmp_path):
+    (tmp_path / "outputs" / "sft").mkdir(parents=True)
+    (tmp_path / "FILE").write_text("keep me")
+    args = [a.replace("FILE", str(tmp_path / "FILE")).replace("OUTPUTS", str(tmp_path / "outputs")) for a in args]
+    r = _cli(*args, env={"NANOCHAT_OUTPUTS": str(tmp_path / "outputs")})
+    assert r.returncode == 1 and r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr
+    assert (tmp_path / "FILE").read_text() == "keep me" and not (tmp_path / "x").exists()
+
+
+def test_cli_help_lists_the_keys():
+    r = _cli("--help")
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m nanochat.export")
+    for key in ("out", "ckpt", "hf", "dtype", "push_to_hub", "repo", "private"):
+        assert f"  {key} " in r.stdout
 
 
 def test_push_to_unreachable_hub_is_one_clear_error(tok, tmp_path):
