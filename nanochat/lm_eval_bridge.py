@@ -1,10 +1,12 @@
 """EleutherAI lm-evaluation-harness bridge: any lm-eval task on a nanochat model.
 
-    python -m nanochat.lm_eval_bridge --model_args path=latest:base --tasks hellaswag,arc_easy --batch_size 16
+    python -m nanochat.lm_eval_bridge tasks=[hellaswag,arc_easy] ckpt=latest:base batch_size=16 limit=100
 
-That command is `lm_eval` itself with our model registered as `nanochat` (`--model nanochat` is implied; every
-other lm_eval flag works). lm-eval discovers no model plugins from installed packages, so from Python import
-this module before `lm_eval.simple_evaluate(model="nanochat", model_args="path=...")`.
+Settings are `key=value` like every nanochat command (`--help` lists them: the model, the tasks and the
+lm-eval options a nanochat user needs); the command runs `lm_eval.simple_evaluate` and prints lm-eval's table.
+For lm-eval options not offered here use Python: import this module (lm-eval discovers no model plugins from
+installed packages; the import registers ours as `nanochat`), then
+`lm_eval.simple_evaluate(model="nanochat", model_args="path=...", ...)`.
 
 The one idea: lm-eval's `TemplateLM` turns every request into token ids (context, continuation); we right-pad
 rows of similar length into one batch (padding after the real tokens cannot affect a causal model's scores),
@@ -15,12 +17,14 @@ Generation recomputes the whole window per new token (no KV cache): simple, exac
 from __future__ import annotations
 
 import sys
+from dataclasses import MISSING, dataclass
 from pathlib import Path
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 
-from nanochat.common import NanochatError
+from nanochat.common import NanochatError, knob
 
 try:
     import lm_eval.models  # noqa: F401  (lm-eval loads its built-in models only into an empty registry)
@@ -236,23 +240,83 @@ class NanochatLM(TemplateLM):
         return results
 
 
-def main(argv=None) -> int:
-    """`lm_eval` with the nanochat model registered; `--model nanochat` is added when no --model is given."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if _MISSING:
-        print(f"error: {_MISSING}", file=sys.stderr)
-        return 1
-    from lm_eval.__main__ import cli_evaluate
+# -- command line ---------------------------------------------------------------------------------------------
+@dataclass
+class LmEvalSettings:
+    """`python -m nanochat.lm_eval_bridge`."""
 
-    if not any(a == "--model" or a.startswith("--model=") for a in argv) and argv[:1] not in (["ls"], ["validate"]):
-        argv = ["--model", "nanochat", *argv]
-    sys.argv = ["lm_eval", *argv]
+    tasks: List[str] = knob(MISSING, "lm-eval task or group names: tasks=[hellaswag,arc_easy] (or tasks=hellaswag)")
+    ckpt: Optional[str] = knob(None, "model folder, .ckpt, latest:<stage> or export folder (default: newest model)")
+    batch_size: int = knob(8, "rows per forward pass", low=1)
+    limit: Optional[float] = knob(None, "at most this many examples per task (below 1: a fraction of each)", low=0)
+    num_fewshot: Optional[int] = knob(None, "few-shot examples per prompt (default: each task's own)", low=0)
+    device: Optional[str] = knob(None, "cpu, cuda, cuda:1, mps (default: cuda when available)")
+    add_bos: bool = knob(True, "start every context with <|bos|>, as pretraining documents do")
+    apply_chat_template: bool = knob(False, "render prompts as chat turns (for chat models)")
+    include_path: Optional[str] = knob(None, "a folder of extra task YAML files")
+    output_path: Optional[str] = knob(None, "also write the results as JSON to this file")
+    log_samples: bool = knob(False, "with output_path: keep every example's prompt and answer in the JSON")
+    seed: Optional[int] = knob(None, "one seed for lm-eval's python, numpy, torch and few-shot sampling")
+
+
+def _list_arg(arg: str) -> str:
+    """`tasks=a` and `tasks=a,b` mean `tasks=[a]` and `tasks=[a,b]` (a bare comma is a sweep in the grammar)."""
+    key, sep, value = arg.partition("=")
+    if key == "tasks" and sep and not value.lstrip().startswith("["):
+        return f"tasks=[{value}]"
+    return arg
+
+
+def evaluate(settings: LmEvalSettings) -> dict:
+    """Run the tasks on the model with lm-eval, print its tables, write output_path; returns lm-eval's results."""
+    if _MISSING:
+        raise NanochatError(_MISSING)
+    import json
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import handle_non_serializable, make_table
+
+    from nanochat.common import atomic_write_bytes
+
+    if settings.output_path and Path(settings.output_path).is_dir():
+        raise NanochatError(f"output_path: {settings.output_path} is a folder; give the JSON file to write")
+    if settings.include_path and not Path(settings.include_path).is_dir():
+        raise NanochatError(f"include_path: no folder at {settings.include_path}")
+    lm = NanochatLM(path=settings.ckpt, device=settings.device, batch_size=settings.batch_size,
+                    add_bos=settings.add_bos)
+    manager = TaskManager(include_path=settings.include_path)
+    missing = [t for t in settings.tasks if not manager.match_tasks([t])]
+    if missing:
+        raise NanochatError(f"tasks: unknown lm-eval task(s): {', '.join(missing)} "
+                            "(`lm-eval ls tasks` lists them; include_path= adds YAML tasks)")
+    limit = settings.limit if settings.limit is None or settings.limit < 1 else int(settings.limit)
+    seeds = {} if settings.seed is None else {f"{k}_seed": settings.seed for k in
+                                               ("random", "numpy_random", "torch_random", "fewshot_random")}
     try:
-        cli_evaluate()
-    except (NanochatError, ValueError) as e:  # our bad input, or lm-eval's (an unknown task, a bad flag value)
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        results = lm_eval.simple_evaluate(model=lm, tasks=list(settings.tasks), num_fewshot=settings.num_fewshot,
+                                          limit=limit, log_samples=settings.log_samples, task_manager=manager,
+                                          apply_chat_template=settings.apply_chat_template, **seeds)
+    except ValueError as e:  # lm-eval's word on a task it cannot run (a broken YAML, a bad few-shot count)
+        raise NanochatError(f"lm-eval: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from None
+    print(make_table(results))
+    if "groups" in results:
+        print(make_table(results, "groups"))
+    if settings.output_path:
+        out = Path(settings.output_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, json.dumps(results, indent=2, default=handle_non_serializable).encode())
+        print(f"results: {out}")
+    return results
+
+
+def main(argv=None) -> int:
+    """`key=value` settings (see LmEvalSettings); a bad one is one `error:` line and exit code 1."""
+    from nanochat.config.command import run_command
+
+    argv = [_list_arg(a) for a in (sys.argv[1:] if argv is None else argv)]
+    return run_command(LmEvalSettings, argv, evaluate, prog="python -m nanochat.lm_eval_bridge",
+                       summary="Run EleutherAI lm-evaluation-harness tasks on a nanochat model.")
 
 
 if __name__ == "__main__":

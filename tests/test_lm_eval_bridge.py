@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,6 +17,7 @@ from nanochat.common import NanochatError  # noqa: E402
 from nanochat.gpt import GPT, GPTConfig  # noqa: E402
 from nanochat.tokenizer import Tokenizer  # noqa: E402
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = [
     {"question": "The sky is", "choices": ["blue", "green", "made of cheese"], "answer": 0,
      "text": "The quick brown fox jumps over the lazy dog."},
@@ -126,31 +130,71 @@ def test_bad_model_args_are_clear(setup, tmp_path):
         NanochatLM(path=str(setup[0] / "model"), colour="red")
 
 
-def test_cli_registers_and_defaults_the_model(monkeypatch):
-    import lm_eval.__main__ as lm_main
+def test_the_model_is_registered_beside_lm_evals_own():
+    from lm_eval.api.registry import get_model, model_registry
 
     from nanochat import lm_eval_bridge
-
-    seen = []
-    monkeypatch.setattr(lm_main, "cli_evaluate", lambda: seen.append(list(__import__("sys").argv)))
-    assert lm_eval_bridge.main(["--model_args", "path=latest:base", "--tasks", "x"]) == 0
-    assert lm_eval_bridge.main(["--model", "hf", "--tasks", "x"]) == 0
-    assert seen[0][1:3] == ["--model", "nanochat"] and seen[1][1:3] == ["--model", "hf"]
-    from lm_eval.api.registry import get_model, model_registry
 
     assert get_model("nanochat") is lm_eval_bridge.NanochatLM
     assert "hf" in model_registry and "dummy" in model_registry  # lm-eval's own models stay available
 
 
+def test_cli_runs_local_tasks_and_writes_json(setup, tmp_path, capsys, monkeypatch):
+    import functools
+
+    import lm_eval.tasks
+
+    from nanochat.lm_eval_bridge import main
+
+    # only the test's tasks: indexing lm-eval's built-in ones takes ~20 s (test_cli_end_to_end does that)
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", functools.partial(lm_eval.tasks.TaskManager,
+                                                                       include_defaults=False))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    root = setup[0]
+    out = tmp_path / "res" / "lm_eval.json"
+    assert main([f"ckpt={root / 'model'}", "tasks=nc_tiny_mc,nc_tiny_ppl", f"include_path={root / 'tasks'}",
+                 "batch_size=2", "device=cpu", f"output_path={out}", "seed=3"]) == 0
+    printed = capsys.readouterr().out
+    assert "nc_tiny_mc" in printed and "nc_tiny_ppl" in printed and "acc" in printed
+    saved = json.loads(out.read_text())
+    assert set(saved["results"]) == {"nc_tiny_mc", "nc_tiny_ppl"} and "samples" not in saved
+    with pytest.raises(SystemExit):
+        main([f"ckpt={root / 'model'}", "tasks=[nc_tiny_mc,no_such_task]", f"include_path={root / 'tasks'}"])
+    assert capsys.readouterr().err.splitlines() == [
+        "error: tasks: unknown lm-eval task(s): no_such_task (`lm-eval ls tasks` lists them; include_path= adds "
+        "YAML tasks)"]
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "nanochat.lm_eval_bridge", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["colour=red"], "colour"), (["batch_size=0", "tasks=x"], "batch_size"), (["ckpt=x"], "tasks must be given"),
+    (["--tasks", "hellaswag"], "key=value"), (["tasks=x", "ckpt=/no/such/model"], "no model at"),
+    (["tasks=x", "limit=-1"], "limit"), (["tasks=x", "include_path=/no/such/dir"], "include_path"),
+])
+def test_cli_bad_input_is_one_line(args, says):
+    r = _cli(*args)
+    assert r.returncode == 1 and r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr
+
+
+def test_cli_help_lists_the_keys():
+    r = _cli("--help")
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m nanochat.lm_eval_bridge")
+    for key in ("tasks", "ckpt", "batch_size", "limit", "num_fewshot", "device", "add_bos", "include_path",
+                "output_path", "log_samples", "seed"):
+        assert f"  {key} " in r.stdout
+
+
 @pytest.mark.slow
 def test_cli_end_to_end(setup, tmp_path, capsys):
-    """The real lm_eval command line (it indexes every built-in task first: ~20 s)."""
+    """The real command with lm-eval's whole task index (it indexes every built-in task first: ~20 s)."""
     from nanochat.lm_eval_bridge import main
 
     tasks = str(setup[0] / "tasks")
-    assert main(["--model_args", f"path={setup[0] / 'model'}", "--tasks", "nc_tiny_mc", "--include_path", tasks,
-                 "--batch_size", "2"]) == 0
+    assert main([f"ckpt={setup[0] / 'model'}", "tasks=[nc_tiny_mc]", f"include_path={tasks}", "batch_size=2"]) == 0
     assert "nc_tiny_mc" in capsys.readouterr().out
-    assert main(["--model_args", f"path={tmp_path / 'nowhere'}", "--tasks", "nc_tiny_mc",
-                 "--include_path", tasks]) == 1
-    assert "error: no model at" in capsys.readouterr().err
