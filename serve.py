@@ -12,13 +12,20 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from nanochat.config.app import run  # noqa: E402
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="serve")
 def main(cfg: DictConfig):
     from nanochat.common import NanochatError
-    from nanochat.stages.cli import fail
+    from nanochat.config.command import fail
+    from nanochat.config.schema import ServeConfig
+    from nanochat.config.typed import check_ranges
+    from nanochat.layout import set_outputs_root
 
     try:
+        check_ranges(cfg, ServeConfig)  # port 99999 -> one line, before anything starts
+        set_outputs_root(cfg.paths.outputs)
         from nanochat.checkpoint import resolve_model_path
 
         path = resolve_model_path(cfg.ckpt)  # fail fast (one line) before the web stack is imported
@@ -34,4 +41,4 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "serve")

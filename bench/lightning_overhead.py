@@ -30,7 +30,7 @@ def make_batches(n, batch, seq, vocab, seed=0):
 
 def plain_loop(model, batches, accum, steps, hp) -> list[float]:
     opt = build_optimizer(model, embedding_lr=hp["embedding_lr"], unembedding_lr=hp["unembedding_lr"],
-                          matrix_lr=hp["matrix_lr"], weight_decay=0.0, d_model=model.config.n_embd)
+                          matrix_lr=hp["matrix_lr"], adamw_weight_decay=0.0, d_model=model.config.n_embd)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, steps, 0, 0.2, 0.0))
     times, it = [], iter(batches)
     for step in range(steps):

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(packing: str, steps: int, out: Path) -> dict:
     args = ["hardware=cpu", "stage=base", "logger=none", "stage.sample_every=0", "stage.eval_every=-1",
-            f"hardware.num_iterations={steps}", f"data.loader.packing={packing}", f"run_name={packing}",
+            f"stage.num_iterations={steps}", f"data.loader.packing={packing}", f"run_name={packing}",
             f"hydra.run.dir={out / packing}"]
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, capture_output=True, text=True,
                           env=dict(os.environ, NANOCHAT_OUTPUTS=str(out)))

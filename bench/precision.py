@@ -31,9 +31,9 @@ def main():
     args = ap.parse_args()
     ensure_tokenizer()
     out = Path(tempfile.mkdtemp(prefix="nanochat-precision-"))
-    common = [f"model.depth={args.depth}", f"hardware.seq_len={args.seq_len}", "hardware.device_batch_size=8",
-              "hardware.total_batch_tokens=8192", f"hardware.num_iterations={args.steps}",
-              f"stage.eval_every={args.steps}", f"hardware.eval_tokens={args.eval_tokens}"]
+    common = [f"model.depth={args.depth}", f"model.sequence_len={args.seq_len}", "hardware.device_batch_size=8",
+              "stage.total_batch_tokens=8192", f"stage.num_iterations={args.steps}",
+              f"stage.eval_every={args.steps}", f"stage.eval_tokens={args.eval_tokens}"]
     results = {}
     for name, flags in CONFIGS.items():
         s = train_run(name.replace(" ", "_").replace("+", "_"), out, [*common, *flags])

@@ -36,7 +36,7 @@ def padding(mixture: str, tokenizer, seq_len: int, batch: int) -> dict:
     from nanochat.chat_data import ChatLoader
     from nanochat.tasks import build_from_config
 
-    task = build_from_config(OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "mixture" / f"{mixture}.yaml")))
+    task = build_from_config(OmegaConf.to_container(OmegaConf.load(ROOT / "nanochat" / "mixtures" / f"{mixture}.yaml")))
     out = {}
     for layout in ("pad", "pack"):
         loader = ChatLoader(task, tokenizer, batch, seq_len, layout=layout, epochs=1, accum=8)  # 32 per step
@@ -59,10 +59,10 @@ def main() -> None:
 
         tok = get_tokenizer()  # the latest trained tokenizer (python train.py stage=tokenizer)
         common = ["hardware=cpu", f"model.depth={a.depth}", "logger=none", "stage.sample_every=0",
-                  "stage.eval_every=-1", "hardware.eval_tokens=8192"]
-        base = train([*common, "stage=base", f"hardware.num_iterations={a.steps}",
+                  "stage.eval_every=-1", "stage.eval_tokens=8192"]
+        base = train([*common, "stage=base", f"stage.num_iterations={a.steps}",
                       f"hydra.run.dir={tmp / 'outputs' / 'base' / 'b'}"], env)
-        sft = train([*common, "stage=sft", f"stage.num_iterations={a.steps}", f"stage.mixture={a.mixture}",
+        sft = train([*common, "stage=sft", f"stage.num_iterations={a.steps}", f"mixture={a.mixture}",
                      "stage.eval_batches=1", f"hydra.run.dir={tmp / 'outputs' / 'sft' / 's'}"], env)
         pads = padding(a.mixture, tok, base["plan"]["seq_len"], 4)
     ratio = sft["supervised_tok_per_s"] / base["tok_per_s"]

@@ -62,7 +62,7 @@ def main():
     ensure_tokenizer()
     out = Path(tempfile.mkdtemp(prefix="nanochat-bench-"))
     for depth, n in zip(args.depths, steps):
-        s = train_run(f"bench_d{depth}", out, [f"model.depth={depth}", f"hardware.num_iterations={n}",
+        s = train_run(f"bench_d{depth}", out, [f"model.depth={depth}", f"stage.num_iterations={n}",
                                                f"stage.eval_every={n}", *args.extra])
         print(f"train_cpu d{depth}: {s['tok_per_s']:,.0f} tok/s, MFU {100 * s['mfu']:.1f}%, val bpb {s['val_bpb']:.4f} "
               f"after {s['tokens']:,} tokens ({s['steps']} steps x {s['batch_tokens']:,}; {s['fit_seconds']:.0f} s)")

@@ -12,13 +12,39 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Optional
 
-from nanochat.common import NanochatError
+from nanochat.common import NanochatError, knob
 
 MEMINFO = Path("/proc/meminfo")
 # GPUs that share system memory with the CPU (the name is what torch.cuda.get_device_name reports)
 UNIFIED_MEMORY_GPUS = ("GB10", "Orin", "Thor")
+
+
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true", "transformer-engine")
+
+
+@dataclass
+class HardwareConfig:
+    """hardware=<profile>: the machine (conf/hardware/); `auto` = this machine's profile."""
+
+    name: str = knob("cpu", "profile name")
+    accelerator: str = knob("cpu", "Lightning accelerator", choices=("cpu", "gpu", "cuda", "mps", "auto"))
+    devices: Any = knob(1, "devices per node: a count, a list of ids, or auto")
+    num_nodes: int = knob(1, "machines", low=1)
+    strategy: str = knob("auto", "Lightning strategy (auto, ddp, ...)")
+    precision: str = knob("32-true", "Lightning precision", choices=PRECISIONS)
+    compile: bool = knob(False, "torch.compile the model for training")
+    peak_flops: Optional[float] = knob(None, "peak FLOP/s per device: MFU and time estimates", low=0)
+    device_batch_size: Any = knob(8, "rows per micro-batch per device (base, mid); auto = the largest that fits "
+                                     "(probed on CUDA, estimated elsewhere)")
+    num_threads: Optional[int] = knob(None, "torch intra-op threads (null = torch's default)", low=1)
+    memory_headroom: float = knob(0.25, "fraction of device memory the memory fit leaves free", low=0, high=0.95)
+    expected_mfu: float = knob(0.3, "MFU assumed for the time estimate printed before a run", low=0.001, high=1)
+    power_watts: Optional[float] = knob(None, "per device: energy = hours x watts x devices", low=0)
+    price_per_hour: Optional[float] = knob(None, "per device, rented machines", low=0)
+    price_per_kwh: Optional[float] = knob(None, "owned machines: the electricity price", low=0)
+
 
 
 @dataclass(frozen=True)
@@ -158,21 +184,14 @@ def attention_backend(device_name: str | None = None, capability: tuple[int, int
 # time, energy and cost of a run
 
 
-def _get(hw: Any, key: str, default=None):
-    if isinstance(hw, Mapping):
-        return hw.get(key, default)
-    getter = getattr(hw, "get", None)
-    return getter(key, default) if callable(getter) else getattr(hw, key, default)
-
-
 def estimate_run(plan, hardware, mfu: float | None = None) -> str:
     """A few lines printed before a run: wall time at an assumed MFU, energy and cost.
 
     From the hardware profile: peak_flops (per device), expected_mfu (default 0.4), power_watts (per device,
     its share of the host included), price_per_hour (per device; rented machines) or price_per_kwh (owned ones).
     """
-    peak = _get(hardware, "peak_flops")
-    mfu = float(mfu if mfu is not None else (_get(hardware, "expected_mfu") or 0.4))
+    peak = hardware.peak_flops
+    mfu = float(mfu if mfu is not None else (hardware.expected_mfu or 0.4))
     if not peak or peak <= 0:
         return "run estimate: set hardware.peak_flops to estimate the time"
     if not 0 < mfu <= 1:
@@ -182,12 +201,12 @@ def estimate_run(plan, hardware, mfu: float | None = None) -> str:
     line = (f"run estimate: {plan.total_flops:.3e} FLOPs on {devices} device(s) at {mfu:.0%} MFU of "
             f"{float(peak):.3g} FLOP/s each -> {_duration(hours)}")
     lines = [line]
-    watts = _get(hardware, "power_watts")
+    watts = hardware.power_watts
     kwh = None
     if watts:
         kwh = hours * float(watts) * devices / 1000.0
         lines.append(f"  energy    {kwh:,.2f} kWh ({float(watts):g} W x {devices} device(s))")
-    price_h, price_kwh = _get(hardware, "price_per_hour"), _get(hardware, "price_per_kwh")
+    price_h, price_kwh = hardware.price_per_hour, hardware.price_per_kwh
     if price_h:
         lines.append(f"  cost      ${hours * float(price_h) * devices:,.2f} (${float(price_h):g}/h per device)")
     elif price_kwh and kwh is not None:

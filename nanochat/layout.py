@@ -134,3 +134,8 @@ def run_folders(stage: str, root: str | os.PathLike | None = None) -> list[RunFo
     base = (outputs_root() if root is None else Path(root)) / stage
     singles = [RunFolder(p) for p in sorted(base.glob("*")) if p.is_dir() and p.name != SWEEP_DIR]
     return singles + sweep_folders(stage, root)
+
+    @property
+    def started_from(self) -> Path:
+        """The input model a chat stage started from (a resumed run keeps it even if a newer one appeared)."""
+        return self.path / "started_from.txt"

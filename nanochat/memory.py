@@ -153,7 +153,7 @@ def estimate_training_memory(plan_or_config, device_batch_size: int | None = Non
         cfg: GPTConfig = plan.model
         device_batch_size = plan.device_batch_size if device_batch_size is None else device_batch_size
         seq_len = plan.seq_len if seq_len is None else seq_len
-        muon_beta2 = plan.muon_beta2 if muon_beta2 is None else muon_beta2
+        muon_beta2 = (plan.optim.muon_beta2 or None) if muon_beta2 is None else muon_beta2
         world_size = plan.world_size if world_size is None else world_size
     elif isinstance(plan_or_config, GPTConfig):
         cfg = plan_or_config

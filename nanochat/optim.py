@@ -239,33 +239,26 @@ class MuonAdamW(torch.optim.Optimizer):
 # construction
 
 
-def build_optimizer(
-    model,
-    *,
-    embedding_lr: float,
-    unembedding_lr: float,
-    matrix_lr: float,
-    weight_decay: float = 0.0,
-    d_model: int,
-    scalar_lr: float = 0.5,
-    adam_betas: tuple[float, float] = (0.8, 0.95),
-    x0_betas: tuple[float, float] = (0.96, 0.95),
-    adam_eps: float = 1e-10,
-    muon_momentum: float = 0.95,
-    muon_ns_steps: int = 5,
-    muon_orthogonalizer: str = "newton_schulz",
-    muon_beta2: float | None = None,
-    muon_weight_decay: float = 0.0,
-    muon_weight_decay_schedule: str = "constant",
-    lr_scale: float = 1.0,
-) -> MuonAdamW:
+def build_optimizer(model, settings=None, *, d_model: int, lr_scale: float = 1.0, **changes) -> MuonAdamW:
     """MuonAdamW over model.param_groups(), with the reference learning-rate rules.
 
-    AdamW lrs (embedding, lm_head, value embeddings) are multiplied by (d_model / 768)^-0.5; residual
-    scalars get scalar_lr * 0.01 and x0 scalars scalar_lr with betas x0_betas. Every lr is multiplied by
-    lr_scale (the late batch-size scaling; 1.0 by default). `weight_decay` is AdamW's (embedding, lm_head,
-    value embeddings); `muon_weight_decay` is Muon's cautious decay.
+    `settings` is a nanochat.recipe.OptimSettings (None = the v0 preset's); `changes` replace single fields of it
+    (e.g. matrix_lr=0.01). AdamW lrs (embedding, lm_head, value embeddings) are multiplied by (d_model / 768)^-0.5;
+    residual scalars get scalar_lr * 0.01 and x0 scalars scalar_lr with betas x0_betas. Every lr is multiplied by
+    lr_scale (batch scaling x lr_multiplier). `adamw_weight_decay` is AdamW's (embedding, lm_head, value
+    embeddings); `muon_weight_decay` is Muon's cautious decay, used as given (the Plan scales it for depth).
     """
+    from dataclasses import replace
+
+    from nanochat.recipe import V0
+
+    o = replace(settings if settings is not None else V0.optim, **changes)
+    embedding_lr, unembedding_lr, matrix_lr, scalar_lr = o.embedding_lr, o.unembedding_lr, o.matrix_lr, o.scalar_lr
+    weight_decay, adam_eps = o.adamw_weight_decay, o.adam_eps
+    adam_betas, x0_betas = tuple(o.adam_betas), tuple(o.x0_betas)
+    muon_momentum, muon_ns_steps, muon_orthogonalizer = o.momentum_end, o.muon_ns_steps, o.muon_orthogonalizer
+    muon_beta2 = o.muon_beta2 or None  # 0 = off
+    muon_weight_decay, muon_weight_decay_schedule = o.muon_weight_decay, o.muon_weight_decay_schedule
     if muon_weight_decay_schedule not in ("constant", "linear"):
         raise NanochatError(f"muon_weight_decay_schedule must be 'constant' or 'linear', got {muon_weight_decay_schedule!r}")
     roles = model.param_groups()

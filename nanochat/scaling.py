@@ -3,108 +3,21 @@
 - `model_config(depth)`: width, heads and switches for a depth.
 - `count_params(cfg)` / `flops_per_token(cfg)`: analytic counts (equal to the model's own numbers).
 - `plan(depth, ...)`: horizon, gradient accumulation, learning rates, weight decay, FLOPs and time estimate.
-- `PRESETS`: named settings that reproduce a specific nanochat version ("v0", "jan2026"); see docs/presets.md.
+- The recipe settings and the presets that fill them live in `nanochat.recipe`; see docs/presets.md.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from nanochat.common import NanochatError
 from nanochat.gpt import GPTConfig, has_value_embed, window_sizes
-
-REFERENCE_BATCH_TOKENS = 2**19  # 524,288: the total batch all reference learning rates were tuned at
+from nanochat.recipe import (PRESETS, RECIPE_KEYS, REFERENCE_BATCH_TOKENS, OptimSettings, Preset,  # noqa: F401
+                             ScheduleSettings, get_preset)
 REFERENCE_D_MODEL = 768  # AdamW learning rates were tuned at this width
 REFERENCE_WD_DEPTH = 12  # the Jan-2026 Muon weight decay was tuned at d12 and scales as (12 / depth)^2
 
 
-@dataclass(frozen=True)
-class Preset:
-    """Everything that distinguishes one reference version of nanochat's pretraining recipe."""
-
-    name: str
-    description: str
-    vocab_size: int
-    model: dict = field(default_factory=dict)  # GPTConfig switches
-    # horizon
-    param_data_ratio: float = 20.0
-    scaling_params: str = "total"  # "total" (all parameters) or "matrices+lm_head"
-    total_batch_tokens: int = REFERENCE_BATCH_TOKENS
-    # learning rates (before width / batch scaling)
-    embedding_lr: float = 0.2
-    unembedding_lr: float = 0.004
-    matrix_lr: float = 0.02
-    scalar_lr: float = 0.5
-    batch_lr_scaling: bool = False  # multiply every lr by sqrt(total_batch / 2^19)
-    adam_betas: tuple[float, float] = (0.8, 0.95)
-    x0_betas: tuple[float, float] = (0.96, 0.95)
-    adam_eps: float = 1e-10
-    weight_decay: float = 0.0  # AdamW weight decay (embedding / lm_head)
-    # Muon
-    muon_orthogonalizer: str = "newton_schulz"  # or "polar_express"
-    muon_beta2: float | None = None  # NorMuon-style variance reduction when set
-    muon_weight_decay: float = 0.0  # cautious weight decay, value at d12 (scaled by (12/depth)^2)
-    muon_weight_decay_schedule: str = "constant"  # or "linear" (to zero at the end of training)
-    momentum_warmup: int = 300
-    momentum_start: float = 0.85
-    momentum_end: float = 0.95
-    # learning-rate schedule
-    warmup_steps: int = 0
-    warmup_ratio: float | None = None  # when set, warmup = round(ratio x steps) (wins over warmup_steps)
-    warmdown_ratio: float = 0.2
-    final_lr_frac: float = 0.0
-    grad_clip: float = 1.0  # max gradient norm; 0 = no clipping
-    lr_multiplier: float = 1.0  # every lr x this (chat stages: mid 1.0, SFT 0.02, RL 0.05 of the base lrs)
-
-
-# Keys a user may override on top of a preset (Hydra: stage.<key>, model.<key>); one place lists them.
-PRESET_OVERRIDES = ("param_data_ratio", "total_batch_tokens", "embedding_lr", "unembedding_lr", "matrix_lr",
-                    "scalar_lr", "adam_betas", "weight_decay", "muon_weight_decay", "warmup_steps", "warmup_ratio",
-                    "warmdown_ratio", "final_lr_frac", "grad_clip", "lr_multiplier")
-
-
-PRESETS: dict[str, Preset] = {
-    "v0": Preset(
-        name="v0",
-        description="nanochat first release (Oct 2025): full attention, Newton-Schulz Muon, 20 tokens/param",
-        vocab_size=65536,
-    ),
-    "jan2026": Preset(
-        name="jan2026",
-        description="nanochat commit 348fbb3 (Jan 29 2026, 'time to GPT-2' run 1)",
-        vocab_size=32768,
-        model=dict(
-            window_pattern="SSSL",
-            short_window_frac=0.5,
-            value_embeds=True,
-            ve_gate_channels=32,
-            resid_scalars=True,
-            x0_init=0.1,
-            init="jan2026",
-        ),
-        param_data_ratio=10.5,
-        scaling_params="matrices+lm_head",
-        embedding_lr=0.3,
-        unembedding_lr=0.004,
-        matrix_lr=0.02,
-        scalar_lr=0.5,
-        batch_lr_scaling=True,
-        muon_orthogonalizer="polar_express",
-        muon_beta2=0.95,
-        muon_weight_decay=0.2,
-        muon_weight_decay_schedule="linear",
-        warmup_steps=0,
-        warmdown_ratio=0.5,
-        final_lr_frac=0.0,
-        grad_clip=0.0,  # the reference never clips
-    ),
-}
-
-
-def get_preset(name: str) -> Preset:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise NanochatError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+PRESET_OVERRIDES = RECIPE_KEYS  # every recipe setting may be overridden (stage.<key>)
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -241,6 +154,8 @@ def grad_accum_steps(total_batch_tokens: int, device_batch_size: int, seq_len: i
 
 @dataclass
 class Plan:
+    """A whole run, derived: the model, the batch and horizon, and the resolved optimizer and schedule settings."""
+
     preset: str
     depth: int
     model: GPTConfig
@@ -257,29 +172,14 @@ class Plan:
     total_tokens: int
     total_flops: float
     horizon_source: str  # "num_iterations" | "target_flops" | "param_data_ratio"
-    # base learning rates (as given) and the effective ones after width/batch scaling
-    embedding_lr: float
-    unembedding_lr: float
-    matrix_lr: float
-    scalar_lr: float
-    lr_scale: float  # batch scaling applied to every lr (1.0 unless the preset scales with batch)
+    lr_scale: float  # batch scaling x lr_multiplier, applied to every lr
     adamw_lr_scale: float  # (d_model / 768)^-0.5
-    adam_betas: tuple[float, float]
-    x0_betas: tuple[float, float]
-    adam_eps: float
-    weight_decay: float
-    muon_orthogonalizer: str
-    muon_beta2: float | None
-    muon_weight_decay: float  # already scaled for depth
-    muon_weight_decay_schedule: str
-    momentum_warmup: int
-    momentum_start: float
-    momentum_end: float
-    warmup_steps: int
-    warmdown_ratio: float
-    final_lr_frac: float
-    grad_clip: float
-    lr_multiplier: float
+    optim: OptimSettings  # every field set; muon_weight_decay already scaled for depth
+    schedule: ScheduleSettings  # every field set; warmup_steps already derived from warmup_ratio
+
+    @property
+    def grad_clip(self) -> float:
+        return self.optim.grad_clip
 
     @property
     def tokens_per_param(self) -> float:
@@ -287,36 +187,22 @@ class Plan:
 
     @property
     def effective_lrs(self) -> dict[str, float]:
-        s = self.lr_scale
+        o, s = self.optim, self.lr_scale
         return {
-            "embedding": self.embedding_lr * self.adamw_lr_scale * s,
-            "unembedding": self.unembedding_lr * self.adamw_lr_scale * s,
-            "matrix": self.matrix_lr * s,
-            "scalar": self.scalar_lr * s,
+            "embedding": o.embedding_lr * self.adamw_lr_scale * s,
+            "unembedding": o.unembedding_lr * self.adamw_lr_scale * s,
+            "matrix": o.matrix_lr * s,
+            "scalar": o.scalar_lr * s,
         }
 
     def optimizer_kwargs(self) -> dict:
-        """Keyword arguments for nanochat.optim.build_optimizer (it applies the width scaling itself)."""
-        return dict(
-            embedding_lr=self.embedding_lr,
-            unembedding_lr=self.unembedding_lr,
-            matrix_lr=self.matrix_lr,
-            weight_decay=self.weight_decay,
-            d_model=self.model.n_embd,
-            scalar_lr=self.scalar_lr,
-            adam_betas=self.adam_betas,
-            x0_betas=self.x0_betas,
-            adam_eps=self.adam_eps,
-            muon_orthogonalizer=self.muon_orthogonalizer,
-            muon_beta2=self.muon_beta2,
-            muon_weight_decay=self.muon_weight_decay,
-            muon_weight_decay_schedule=self.muon_weight_decay_schedule,
-            lr_scale=self.lr_scale,
-        )
+        """Arguments of nanochat.optim.build_optimizer (it applies the width scaling itself)."""
+        return dict(settings=self.optim, d_model=self.model.n_embd, lr_scale=self.lr_scale)
 
     def schedule_kwargs(self) -> dict:
         """Keyword arguments for nanochat.optim.lr_multiplier (besides step and total_steps)."""
-        return dict(warmup_steps=self.warmup_steps, warmdown_ratio=self.warmdown_ratio, final_lr_frac=self.final_lr_frac)
+        sc = self.schedule
+        return dict(warmup_steps=sc.warmup_steps, warmdown_ratio=sc.warmdown_ratio, final_lr_frac=sc.final_lr_frac)
 
     def estimated_hours(self, peak_flops: float, mfu: float = 0.4) -> float:
         """Wall-clock hours at `mfu` of `peak_flops` (per device) on world_size devices."""
@@ -350,16 +236,16 @@ class Plan:
             f"({self.tokens_per_param:.2f} tokens/param; from {self.horizon_source})",
             f"  lr         embedding {lrs['embedding']:.6g}, lm_head {lrs['unembedding']:.6g}, "
             f"matrix (Muon) {lrs['matrix']:.6g}" + (f", scalars {lrs['scalar']:.6g}" if m.resid_scalars else ""),
-            f"  muon       {self.muon_orthogonalizer}, momentum {self.momentum_start}->{self.momentum_end} over "
-            f"{self.momentum_warmup} steps"
-            + (f", variance reduction beta2 {self.muon_beta2}" if self.muon_beta2 is not None else "")
+            f"  muon       {self.optim.muon_orthogonalizer}, momentum {self.optim.momentum_start}->{self.optim.momentum_end} over "
+            f"{self.optim.momentum_warmup} steps"
+            + (f", variance reduction beta2 {self.optim.muon_beta2}" if self.optim.muon_beta2 else "")
             + (
-                f", cautious wd {self.muon_weight_decay:.4g} ({self.muon_weight_decay_schedule})"
-                if self.muon_weight_decay
+                f", cautious wd {self.optim.muon_weight_decay:.4g} ({self.optim.muon_weight_decay_schedule})"
+                if self.optim.muon_weight_decay
                 else ""
             ),
-            f"  schedule   warmup {self.warmup_steps} steps, warmdown last {self.warmdown_ratio:.0%}, "
-            f"final lr x{self.final_lr_frac:g}" + (f", lrs x{self.lr_multiplier:g}" if self.lr_multiplier != 1 else "")
+            f"  schedule   warmup {self.schedule.warmup_steps} steps, warmdown last {self.schedule.warmdown_ratio:.0%}, "
+            f"final lr x{self.schedule.final_lr_frac:g}" + (f", lrs x{self.optim.lr_multiplier:g}" if self.optim.lr_multiplier != 1 else "")
             + (f", grad clip {self.grad_clip:g}" if self.grad_clip else ", no grad clipping"),
         ]
         if peak_flops:
@@ -397,17 +283,17 @@ def plan(
     Horizon precedence (as in nanochat): num_iterations > 0, else target_flops > 0, else
     param_data_ratio x (scaling params) / total batch (floor).
     `muon_weight_decay` is the d12 value; it is scaled by (12 / depth)^2.
-    `overrides`: any of PRESET_OVERRIDES (None = keep the preset's) and GPTConfig switches (window_pattern,
+    `overrides`: any recipe setting (nanochat.recipe; None = keep the preset's) and GPTConfig switches (window_pattern,
     x0_init, short_window_frac, ...).
     """
     p = get_preset(preset)
-    preset_changes = {k: overrides.pop(k) for k in list(overrides) if k in PRESET_OVERRIDES}
-    p = replace(p, **{k: (tuple(v) if k == "adam_betas" else v) for k, v in preset_changes.items() if v is not None})
+    recipe = {k: overrides.pop(k) for k in list(overrides) if k in RECIPE_KEYS}
+    optim, schedule, horizon, batch = p.resolve(**recipe)
     model_switches = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(model_switches) - {f.name for f in fields(GPTConfig)}
     if unknown:
         raise NanochatError(f"unknown plan option(s): {', '.join(sorted(unknown))}")
-    total_batch_tokens, param_data_ratio = p.total_batch_tokens, p.param_data_ratio
+    total_batch_tokens, param_data_ratio = batch.total_batch_tokens, horizon.param_data_ratio
     if isinstance(depth, GPTConfig):
         if model_switches:
             raise NanochatError("give model switches either in the GPTConfig or as keywords, not both")
@@ -420,7 +306,7 @@ def plan(
     accum = grad_accum_steps(total_batch_tokens, device_batch_size, seq_len, world_size)
 
     n_params = count_params(cfg)
-    n_scaling = scaling_param_count(cfg, p.scaling_params)
+    n_scaling = scaling_param_count(cfg, horizon.scaling_params)
     fpt = flops_per_token(cfg)
     if num_iterations is not None and num_iterations > 0:
         steps, source = int(num_iterations), "num_iterations"
@@ -436,14 +322,16 @@ def plan(
             f"{total_batch_tokens:,} tokens is too large for it - lower total_batch_tokens or raise the horizon"
         )
     total_tokens = steps * total_batch_tokens
-    warmup = round(p.warmup_ratio * steps) if p.warmup_ratio is not None else p.warmup_steps
+    if schedule.warmup_ratio:
+        schedule = replace(schedule, warmup_steps=round(schedule.warmup_ratio * steps))
+    optim = replace(optim, muon_weight_decay=muon_weight_decay_for_depth(optim.muon_weight_decay, depth))
     return Plan(
         preset=p.name,
         depth=depth,
         model=cfg,
         n_params=n_params,
         n_scaling_params=n_scaling,
-        scaling_params=p.scaling_params,
+        scaling_params=horizon.scaling_params,
         flops_per_token=fpt,
         seq_len=seq_len,
         device_batch_size=device_batch_size,
@@ -454,28 +342,10 @@ def plan(
         total_tokens=total_tokens,
         total_flops=fpt * total_tokens,
         horizon_source=source,
-        embedding_lr=p.embedding_lr,
-        unembedding_lr=p.unembedding_lr,
-        matrix_lr=p.matrix_lr,
-        scalar_lr=p.scalar_lr,
-        lr_scale=(batch_lr_scale(total_batch_tokens) if p.batch_lr_scaling else 1.0) * p.lr_multiplier,
+        lr_scale=(batch_lr_scale(total_batch_tokens) if optim.batch_lr_scaling else 1.0) * optim.lr_multiplier,
         adamw_lr_scale=adamw_lr_scale(cfg.n_embd),
-        adam_betas=p.adam_betas,
-        x0_betas=p.x0_betas,
-        adam_eps=p.adam_eps,
-        weight_decay=p.weight_decay,
-        muon_orthogonalizer=p.muon_orthogonalizer,
-        muon_beta2=p.muon_beta2,
-        muon_weight_decay=muon_weight_decay_for_depth(p.muon_weight_decay, depth),
-        muon_weight_decay_schedule=p.muon_weight_decay_schedule,
-        momentum_warmup=p.momentum_warmup,
-        momentum_start=p.momentum_start,
-        momentum_end=p.momentum_end,
-        warmup_steps=warmup,
-        warmdown_ratio=p.warmdown_ratio,
-        final_lr_frac=p.final_lr_frac,
-        grad_clip=p.grad_clip,
-        lr_multiplier=p.lr_multiplier,
+        optim=optim,
+        schedule=schedule,
     )
 
 

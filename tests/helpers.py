@@ -28,8 +28,8 @@ def tiny_train_overrides(run_name: str, corpus: Path, tokenizer_dir: Path, steps
     """Overrides for a seconds-long CPU base run of a depth-2 model."""
     args = {
         "stage": "base", "hardware": "cpu", "data": "local", "data.path": str(corpus), "data.val_fraction": 0.34,
-        "tokenizer_dir": str(tokenizer_dir), "run_name": run_name, "model.depth": 2, "hardware.seq_len": 64,
-        "hardware.device_batch_size": 4, "hardware.total_batch_tokens": 512, "hardware.num_iterations": steps,
+        "tokenizer_dir": str(tokenizer_dir), "run_name": run_name, "model.depth": 2, "model.sequence_len": 64,
+        "hardware.device_batch_size": 4, "stage.total_batch_tokens": 512, "stage.num_iterations": steps,
         "stage.save_every": 1, "stage.eval_every": 100, "stage.eval_tokens": 512,
         "stage.sample_every": 0, "stage.sample_tokens": 2, "logger": "none",
         "hydra.run.dir": str(corpus.parent / "outputs" / run_name),

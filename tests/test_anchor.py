@@ -49,8 +49,8 @@ def anchor_run(root: Path, **overrides) -> dict:
     args = {
         "stage": "base", "hardware": "cpu", "data": "local", "data.path": corpus, "data.val_fraction": 0.25,
         "data.loader.buffer_docs": 4, "tokenizer_dir": root / "tok", "run_name": "anchor", "seed": 42,
-        "model.depth": 2, "hardware.seq_len": 64, "hardware.device_batch_size": 4, "hardware.total_batch_tokens": 512,
-        "hardware.num_iterations": STEPS, "hardware.num_threads": 1, "hardware.eval_tokens": 1024,
+        "model.depth": 2, "model.sequence_len": 64, "hardware.device_batch_size": 4, "stage.total_batch_tokens": 512,
+        "stage.num_iterations": STEPS, "hardware.num_threads": 1, "stage.eval_tokens": 1024,
         "stage.eval_every": STEPS, "stage.save_every": STEPS, "stage.sample_every": 0, "stage.sample_tokens": 1,
         "logger": "csv", "hydra.run.dir": run, **overrides,
     }

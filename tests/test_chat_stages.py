@@ -183,7 +183,7 @@ def chat_env(tmp_path_factory):
 
 
 def chat_args(root: Path, stage: str, name: str, steps: int = 4, **extra) -> list[str]:
-    args = {"stage": stage, "hardware": "cpu", "run_name": name, "stage.mixture": str(root / "mix.yaml"),
+    args = {"stage": stage, "hardware": "cpu", "run_name": name, "mixture": str(root / "mix.yaml"),
             "stage.num_iterations": steps, "stage.save_every": 1, "stage.eval_every": 2, "stage.sample_every": 0,
             "logger": "csv", "hydra.run.dir": str(root / "outputs" / stage / name)}
     if stage == "mid":
@@ -246,7 +246,7 @@ def test_missing_previous_stage_is_one_clear_line(tmp_path):
 def test_unknown_mixture_task_is_one_clear_line(chat_env, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  - {task: no_such_task, size: 3}\n")
-    proc = run(chat_env, chat_args(chat_env, "sft", "bad", **{"stage.mixture": str(bad)}))
+    proc = run(chat_env, chat_args(chat_env, "sft", "bad", **{"mixture": str(bad)}))
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "no_such_task" in last

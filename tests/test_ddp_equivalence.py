@@ -49,7 +49,7 @@ def runs(tmp_path_factory):
     Tokenizer.byte_level().save(tok)
     corpus = write_row_corpus(root / "corpus", n_files=STEPS + 1)
     common = {"data.loader.buffer_docs": 1, "data.loader.packing": "bestfit", "data.val_fraction": 1 / (STEPS + 1),
-              "hardware.total_batch_tokens": 2 * 4 * SEQ, "hardware.seq_len": SEQ, "stage.eval_every": 0,
+              "stage.total_batch_tokens": 2 * 4 * SEQ, "model.sequence_len": SEQ, "stage.eval_every": 0,
               "stage.save_every": 100}
     out = {}
     for name, extra in (("one", {}), ("two", {"hardware": "cpu_ddp"})):
@@ -91,7 +91,7 @@ def test_sft_two_processes_train_the_same_weights_as_one(runs, tmp_path):
     (tmp_path / "mix.yaml").write_text(SFT_MIXTURE)
     out = {}
     for name, extra in (("sft_one", ["hardware=cpu"]), ("sft_two", ["hardware=cpu_ddp"])):
-        args = [*extra, "stage=sft", f"stage.init_from={runs['one'][1] / 'model'}", f"stage.mixture={tmp_path / 'mix.yaml'}",
+        args = [*extra, "stage=sft", f"stage.init_from={runs['one'][1] / 'model'}", f"mixture={tmp_path / 'mix.yaml'}",
                 "stage.num_iterations=3", "stage.examples_per_step=4", "stage.device_batch_size=2",
                 "stage.eval_every=0", "stage.eval_batches=1", "stage.sample_every=0", "logger=none",
                 f"run_name={name}", f"hydra.run.dir={root / 'outputs' / name}"]

@@ -315,8 +315,8 @@ def test_base_stage_fetches_what_the_run_needs(server, tmp_path):
     args = [f"{k}={v}" for k, v in {
         "hardware": "cpu", "data": "fineweb_edu", "data.base_url": server.url, "data.dir": shards,
         "data.num_shards": 2, "+data.total_shards": 6, "+data.retries": 2, "+data.backoff": 0.001,
-        "tokenizer_dir": tmp_path / "tok", "model.depth": 1, "hardware.seq_len": 64,
-        "hardware.device_batch_size": 2, "hardware.total_batch_tokens": 128, "hardware.num_iterations": 2,
+        "tokenizer_dir": tmp_path / "tok", "model.depth": 1, "model.sequence_len": 64,
+        "hardware.device_batch_size": 2, "stage.total_batch_tokens": 128, "stage.num_iterations": 2,
         "stage.eval_every": 2, "stage.eval_tokens": 128, "stage.sample_every": 0, "logger": "none",
         "hydra.run.dir": tmp_path / "run",
     }.items()]

@@ -1,4 +1,4 @@
-"""Mixtures: sizes, repeats, deterministic order, specs, and the conf/mixture YAML files."""
+"""Mixtures: sizes, repeats, deterministic order, specs, and the nanochat/mixtures YAML files."""
 import random
 from collections import Counter
 from pathlib import Path
@@ -12,7 +12,7 @@ from nanochat.tasks import (TASKS, Task, TaskMixture, TaskSequence, build_from_c
                             validate_spec)
 from nanochat.tokenizer import Tokenizer
 
-CONF = Path(__file__).resolve().parent.parent / "conf" / "mixture"
+CONF = Path(__file__).resolve().parent.parent / "nanochat" / "mixtures"
 
 
 class Tagged(Task):
@@ -151,19 +151,21 @@ def test_local_paths_through_task_options(tmp_path):
         build_from_config(cfg, "test")
 
 
-def test_hydra_composes_the_mixture_group():
-    hydra = pytest.importorskip("hydra")
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+def test_mixture_key_selects_a_mixture_file(tmp_path):
+    """`mixture=sft` reads nanochat/mixtures/sft.yaml, a path reads that file, an unknown name lists the known ones."""
     from omegaconf import OmegaConf
 
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF.parent), version_base="1.3"):
-            for name in ("mid", "sft", "offline_mid", "offline_sft"):
-                cfg = compose(config_name=f"mixture/{name}")
-                mixture = OmegaConf.to_container(cfg.mixture, resolve=True)
-                assert mixture == load(name)
-    finally:
-        GlobalHydra.instance().clear()
-    assert hydra
+    from nanochat.common import NanochatError
+    from nanochat.stages.chat_common import mixture_config
+
+    def cfg(stage, mixture):
+        return OmegaConf.create({"mixture": mixture, "stage": {"name": stage, "task_options": {}}})
+
+    for name in ("mid", "sft", "offline_mid", "offline_sft"):
+        assert mixture_config(cfg("sft", name))["train"] == load(name)["train"]
+    assert mixture_config(cfg("mid", None))["train"] == load("offline_mid")["train"]  # null = the stage's own
+    custom = tmp_path / "mine.yaml"
+    custom.write_text("train:\n  - {task: identity, size: 3}\n")
+    assert mixture_config(cfg("sft", str(custom)))["train"] == [{"task": "identity", "size": 3}]
+    with pytest.raises(NanochatError, match="unknown mixture 'nope'; choose one of: mid, offline_mid"):
+        mixture_config(cfg("sft", "nope"))

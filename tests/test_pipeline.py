@@ -26,14 +26,14 @@ def pipeline_args(tmp_path):
     corpus = write_text_corpus(tmp_path / "corpus", n_files=4, words=600)
     args = {
         "stage": "all", "hardware": "cpu", "data": "local", "data.path": corpus, "data.val_fraction": 0.25,
-        "model.depth": 1, "hardware.seq_len": 64, "hardware.device_batch_size": 4, "hardware.total_batch_tokens": 256,
-        "hardware.num_iterations": 3, "hardware.eval_tokens": 256, "logger": "csv",
-        "+stage.overrides.tokenizer.stage.vocab_size": 300, "+stage.overrides.tokenizer.stage.max_chars": 50000,
-        "+stage.overrides.base.stage.save_every": 1,
-        "+stage.overrides.mid.stage.mixture": mix, "+stage.overrides.mid.stage.num_iterations": 6,
-        "+stage.overrides.mid.stage.save_every": 1, "+stage.overrides.mid.stage.eval_every": -1,
-        "+stage.overrides.sft.stage.mixture": mix, "+stage.overrides.sft.stage.num_iterations": 2,
-        "+stage.overrides.sft.stage.examples_per_step": 4,
+        "model.depth": 1, "model.sequence_len": 64, "hardware.device_batch_size": 4, "stage.total_batch_tokens": 256,
+        "stage.num_iterations": 3, "stage.eval_tokens": 256, "logger": "csv",
+        "data.tokenizer.vocab_size": 300, "data.tokenizer.max_chars": 50000,
+        "pipeline.base.save_every": 1,
+        "pipeline.mid.mixture": mix, "pipeline.mid.num_iterations": 6,
+        "pipeline.mid.save_every": 1, "pipeline.mid.eval_every": -1,
+        "pipeline.sft.mixture": mix, "pipeline.sft.num_iterations": 2,
+        "pipeline.sft.examples_per_step": 4,
         "stage.eval.max_per_task": 2, "stage.eval.max_new_tokens": 4,
         "stage.eval.evals": "[bpb,spellingbee]", "hydra.run.dir": tmp_path / "all",
     }

@@ -5,19 +5,16 @@ import math
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from nanochat.stages.cli import CONF_DIR
+from nanochat.config.app import compose
 from tests.helpers import run_train, tiny_train_overrides
 
 
 def compose_cfg(*overrides):
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=["hardware=cpu", "model.depth=2", "hardware.seq_len=64",
-                                                        "hardware.device_batch_size=2",
-                                                        "hardware.total_batch_tokens=128", *overrides])
+    return compose("train", ["hardware=cpu", "model.depth=2", "model.sequence_len=64",
+                             "hardware.device_batch_size=2", "stage.total_batch_tokens=128", *overrides])
 
 
 def groups_for(*overrides, preset="v0"):

@@ -163,7 +163,7 @@ def test_two_ranks_take_the_planned_micro_batches_per_step(tmp_path, tok_dir):
     corpus = write_parquet_corpus(tmp_path / "corpus", 6, 8, 2, lambda r: r.randint(20, 200), seed=2)
     steps = 4
     args = tiny_train_overrides("ddp", corpus, tok_dir, steps, **{
-        "hardware.devices": 2, "hardware.strategy": "ddp", "hardware.total_batch_tokens": 1024,
+        "hardware.devices": 2, "hardware.strategy": "ddp", "stage.total_batch_tokens": 1024,
         "data.val_fraction": 0.2})
     proc = run_train(args, tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -50,8 +50,8 @@ def test_jan2026_preset_matches_the_reference_run():
     assert p.num_steps == 16_704
     assert p.grad_accum == 2
     assert p.total_flops == pytest.approx(4.330784131228946e19, rel=1e-12)
-    assert p.muon_weight_decay == pytest.approx(0.2 * (12 / 24) ** 2)
-    assert (p.warmup_steps, p.warmdown_ratio, p.final_lr_frac) == (0, 0.5, 0.0)
+    assert p.optim.muon_weight_decay == pytest.approx(0.2 * (12 / 24) ** 2)
+    assert (p.schedule.warmup_steps, p.schedule.warmdown_ratio, p.schedule.final_lr_frac) == (0, 0.5, 0.0)
     with torch.device("meta"):
         model = GPT(p.model)
     assert model.num_params() == p.n_params
@@ -118,7 +118,7 @@ def test_presets_and_weight_decay_scaling():
     assert p.lr_scale == pytest.approx((2048 / 2**19) ** 0.5)
     assert p.model.value_embeds and p.model.resid_scalars and p.model.window_pattern == "SSSL"
     kw = p.optimizer_kwargs()
-    assert kw["muon_orthogonalizer"] == "polar_express" and kw["d_model"] == 256
+    assert kw["settings"].muon_orthogonalizer == "polar_express" and kw["d_model"] == 256
 
 
 def test_plan_accepts_a_model_config():

@@ -197,15 +197,12 @@ def test_serve_entry_point_without_a_model_says_how_to_train(tmp_path):
 
 
 def test_serve_config_composes():
-    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from nanochat.config.app import compose
+
     GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
-            cfg = compose(config_name="serve", overrides=["port=9000"])
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = compose("serve", ["port=9000"])
     assert cfg.host == "127.0.0.1" and cfg.port == 9000 and cfg.ckpt is None
     assert Limits(**cfg.limits) == Limits()  # the config and the code agree on the reference limits
     json.dumps(dict(cfg.defaults_sampling))

@@ -15,7 +15,7 @@ def last_line(proc) -> str:
 
 def tok_args(root, corpus, **extra):
     args = {"stage": "tokenizer", "data": "local", "data.path": str(corpus), "data.val_fraction": 0.34,
-            "stage.vocab_size": 300, "hydra.run.dir": str(root / "outputs" / "tok")}
+            "data.tokenizer.vocab_size": 300, "hydra.run.dir": str(root / "outputs" / "tok")}
     args.update(extra)
     return [f"{k}={v}" for k, v in args.items()]
 
@@ -37,7 +37,7 @@ def test_tokenizer_stage_trains_saves_and_reports(tiny_env):
 
 
 @pytest.mark.parametrize("override,needle", [
-    ({"stage.vocab_size": 100}, "vocab"),
+    ({"data.tokenizer.vocab_size": 100}, "vocab"),
     ({"stage.pattern": "'(unclosed'"}, "pattern"),
     ({"data.path": "/nonexistent/corpus"}, "/nonexistent/corpus"),
 ])
@@ -63,7 +63,7 @@ def test_tokenizer_stage_empty_corpus(tiny_env, tmp_path):
 
 def test_non_dividing_batch_is_one_clear_line(tiny_env):
     root, corpus, tok_dir = tiny_env
-    proc = run_train(tiny_train_overrides("nodiv", corpus, tok_dir, 2, **{"hardware.total_batch_tokens": 1000}), root)
+    proc = run_train(tiny_train_overrides("nodiv", corpus, tok_dir, 2, **{"stage.total_batch_tokens": 1000}), root)
     assert proc.returncode == 1
     line = last_line(proc)
     assert line.startswith("error:") and ("1,000" in line or "1000" in line), proc.stderr[-2000:]
@@ -111,8 +111,8 @@ def test_two_process_ddp_on_cpu(tmp_path):
     Tokenizer.byte_level().save(tmp_path / "tok")
     args = [f"{k}={v}" for k, v in {
         "hardware": "cpu", "hardware.devices": 2, "hardware.strategy": "ddp", "tokenizer_dir": tmp_path / "tok",
-        "model.depth": 2, "hardware.seq_len": 64, "hardware.device_batch_size": 4,
-        "hardware.total_batch_tokens": 1024, "hardware.num_iterations": 4, "stage.eval_every": 2,
+        "model.depth": 2, "model.sequence_len": 64, "hardware.device_batch_size": 4,
+        "stage.total_batch_tokens": 1024, "stage.num_iterations": 4, "stage.eval_every": 2,
         "stage.eval_tokens": 512, "stage.sample_every": 0, "logger": "none", "hydra.run.dir": tmp_path / "out",
     }.items()]
     proc = run_train(args, tmp_path, timeout=600)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import gc
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Callable
 
 from nanochat.common import NanochatError
 from nanochat.hardware import DeviceMemory, device_memory
@@ -56,11 +56,6 @@ class FitReport:
         return "\n".join(lines)
 
 
-def _get(hw: Any, key: str, default=None):
-    getter = getattr(hw, "get", None)
-    return getter(key, default) if callable(getter) else getattr(hw, key, default)
-
-
 def batch_candidates(total_batch_tokens: int, seq_len: int, world_size: int) -> list[int]:
     """Power-of-two device batches that divide the token batch exactly, largest (no accumulation) first."""
     per_seq = seq_len * world_size
@@ -75,13 +70,14 @@ def batch_candidates(total_batch_tokens: int, seq_len: int, world_size: int) -> 
     return out[::-1]
 
 
-def planning_batch_size(hardware, seq_len: int, world_size: int = 1) -> int:
+def planning_batch_size(device_batch_size, total_batch_tokens: int, seq_len: int, world_size: int = 1) -> int:
     """The device batch to build a plan with: the configured one, or for `auto` the largest candidate
     (`choose_device_batch` then lowers it to what fits)."""
-    value = _get(hardware, "device_batch_size")
-    if value == "auto":
-        return batch_candidates(int(_get(hardware, "total_batch_tokens")), seq_len, world_size)[0]
-    return value
+    if device_batch_size == "auto":
+        return batch_candidates(int(total_batch_tokens), seq_len, world_size)[0]
+    if isinstance(device_batch_size, bool) or not isinstance(device_batch_size, int) or device_batch_size <= 0:
+        raise NanochatError(f"hardware.device_batch_size must be a positive integer or auto, got {device_batch_size!r}")
+    return device_batch_size
 
 
 def memory_budget(memory: DeviceMemory, headroom: float) -> int:
@@ -94,20 +90,20 @@ def choose_device_batch(plan, hardware, probe: bool = True, *, memory: DeviceMem
                         try_batch: Callable[[int], ProbeResult] | None = None) -> tuple[int, int, FitReport]:
     """(device_batch, grad_accum, report) for this plan on this hardware profile.
 
-    `hardware`: the profile (accelerator, precision, compile, device_batch_size: int or "auto", memory_headroom).
+    `hardware`: a HardwareConfig (accelerator, precision, compile, device_batch_size: int or "auto", memory_headroom).
     `probe`: confirm candidates with real steps (only on a single CUDA device; estimate only otherwise).
     `memory` / `try_batch` replace the live memory query and the CUDA probe (tests, or a custom probe).
     """
-    requested = _get(hardware, "device_batch_size", "auto")
+    requested = hardware.device_batch_size
     pinned = requested != "auto"
     if pinned and (not isinstance(requested, int) or isinstance(requested, bool) or requested <= 0):
         raise NanochatError(f"hardware.device_batch_size must be a positive integer or auto, got {requested!r}")
-    precision = str(_get(hardware, "precision", "32-true"))
-    compile_ = bool(_get(hardware, "compile", False))
-    on_gpu = _get(hardware, "accelerator", "cpu") in ("gpu", "cuda")
+    precision = str(hardware.precision)
+    compile_ = bool(hardware.compile)
+    on_gpu = hardware.accelerator in ("gpu", "cuda")
     if memory is None:
         memory = device_memory(int(os.environ.get("LOCAL_RANK", 0))) if on_gpu else device_memory(device_name="cpu")
-    headroom = _get(hardware, "memory_headroom")
+    headroom = hardware.memory_headroom
     budget = memory_budget(memory, DEFAULT_HEADROOM if headroom is None else float(headroom))
     seq, world, total = plan.seq_len, plan.world_size, plan.total_batch_tokens
     candidates = batch_candidates(total, seq, world)

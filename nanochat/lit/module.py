@@ -75,8 +75,8 @@ class NanochatLM(L.LightningModule):
     def on_before_optimizer_step(self, optimizer):
         # Muon momentum warm-up (and the preset's weight-decay schedule); global_step = optimizer steps so far
         p = self.plan
-        update_muon_groups(optimizer, self.global_step, p.num_steps, warmup=p.momentum_warmup,
-                           start=p.momentum_start, end=p.momentum_end)
+        update_muon_groups(optimizer, self.global_step, p.num_steps, warmup=p.optim.momentum_warmup,
+                           start=p.optim.momentum_start, end=p.optim.momentum_end)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, **self.plan.optimizer_kwargs())

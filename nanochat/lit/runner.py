@@ -27,15 +27,9 @@ from nanochat.gpt import GPTConfig
 from nanochat.hardware import estimate_run
 from nanochat.lit.callbacks import AtomicCheckpointIO, NonFiniteGuard, SampleGenerations, StepProgressBar, ThroughputMFU
 from nanochat.lit.memfit import apply_fit
+from nanochat.layout import RunFolder
 from nanochat.lit.module import NanochatLM
-from nanochat.stages.cli import run_dir
-
-# model.<key> switches that reach GPTConfig (null = the preset's)
-MODEL_SWITCHES = ("rope_base", "logit_softcap", "window_pattern", "short_window_frac", "value_embeds",
-                  "resid_scalars", "x0_init")
-# stage.<key> names that differ from the plan's (the AdamW decay is named so nobody mistakes it for Muon's)
-STAGE_KEY_TO_PLAN = {"adamw_weight_decay": "weight_decay"}
-
+from nanochat.stages.cli import hardware_of, run_dir
 
 @dataclass
 class StageRun:
@@ -57,34 +51,39 @@ def world_size(hw) -> int:
 
 
 def plan_overrides(cfg: DictConfig) -> dict:
-    """Every user override of the preset, from the one place each key lives (stage.* and model.*)."""
-    st, m = cfg.stage, cfg.model
+    """Every recipe setting the stage config sets (null = the preset's): the fields of nanochat.recipe."""
+    st = cfg.stage
     out = {}
-    for key in scaling.PRESET_OVERRIDES:
-        stage_key = next((k for k, v in STAGE_KEY_TO_PLAN.items() if v == key), key)
-        if st.get(stage_key) is not None:
-            value = st[stage_key]
+    for key in scaling.RECIPE_KEYS:
+        value = st.get(key)
+        if value is not None:
             out[key] = list(value) if OmegaConf.is_list(value) else value
-    for key in MODEL_SWITCHES:
-        if m.get(key) is not None:
-            out[key] = m[key]
     return out
 
 
 def build_plan(cfg: DictConfig, vocab_size: int, model: GPTConfig | None = None, num_iterations: int | None = None,
-               **extra) -> scaling.Plan:
-    """The run's plan: from the depth (base) or an existing model's config (later stages), plus every override."""
+               device_batch_size=None, **extra) -> scaling.Plan:
+    """The run's plan: from the depth (base) or an existing model's config (later stages), plus every override.
+
+    `device_batch_size`: the stage's own rows per micro-batch (sft, rl); None = hardware.device_batch_size
+    (`auto`: the largest candidate, which the memory fit then lowers to what fits).
+    """
+    from nanochat.config.schema import model_switches
+    from nanochat.lit.memfit import planning_batch_size
+
     m, hw, st = cfg.model, cfg.hardware, cfg.stage
     overrides = {**plan_overrides(cfg), **extra}
     iters = st.num_iterations if num_iterations is None else num_iterations
-    common = dict(device_batch_size=hw.device_batch_size, world_size=world_size(hw), num_iterations=iters,
+    seq_len = model.sequence_len if model is not None else m.sequence_len
+    if device_batch_size is None:
+        total = overrides.get("total_batch_tokens") or scaling.get_preset(m.preset).batch.total_batch_tokens
+        device_batch_size = planning_batch_size(hw.device_batch_size, total, seq_len, world_size(hw))
+    common = dict(device_batch_size=device_batch_size, world_size=world_size(hw), num_iterations=iters,
                   target_flops=st.get("target_flops") or -1.0, preset=m.preset)
-    if model is not None:
-        for key in MODEL_SWITCHES:
-            overrides.pop(key, None)  # a trained model's architecture is fixed
+    if model is not None:  # a trained model's architecture is fixed
         return scaling.plan(model, **common, **overrides)
     return scaling.plan(m.depth, vocab_size=vocab_size, seq_len=m.sequence_len, aspect_ratio=m.aspect_ratio,
-                        head_dim=m.head_dim, n_kv_head=m.n_kv_head, **common, **overrides)
+                        head_dim=m.head_dim, n_kv_head=m.n_kv_head, **common, **overrides, **model_switches(m))
 
 
 def resolve_ckpt_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
@@ -137,10 +136,28 @@ def _point_triton_at_cuda_ptxas() -> None:
         os.environ["TRITON_PTXAS_PATH"] = str(ptxas)
 
 
-def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun]) -> dict:
-    """Plan, train, evaluate and export one training stage; `prepare(cfg, run_folder)` is the stage's part."""
+def record_start(cfg: DictConfig, folder: RunFolder, tokenizer, init_from: str | None) -> None:
+    """What a run folder holds before training: its tokenizer, the composed config, the input model it started from."""
+    folder.path.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(folder.tokenizer)
+    atomic_write_bytes(folder.config, OmegaConf.to_yaml(cfg, resolve=True).encode())
+    if init_from:
+        atomic_write_bytes(folder.started_from, str(init_from).encode())
+
+
+def finish(folder: RunFolder, model, tokenizer, summary: dict, meta_skip: tuple[str, ...] = ()) -> Path:
+    """Export the trained model folder and write summary.json (rank 0): the end of every training stage."""
     from nanochat.checkpoint import export_model
 
+    meta = {k: v for k, v in summary.items() if k not in meta_skip}
+    model_dir = export_model(model, tokenizer, folder.model, meta=meta)
+    summary["model_dir"] = str(model_dir)
+    atomic_write_bytes(folder.summary, json.dumps(summary, indent=2, default=str).encode())
+    return model_dir
+
+
+def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun]) -> dict:
+    """Plan, train, evaluate and export one training stage; `prepare(cfg, run_folder)` is the stage's part."""
     out = run_dir(create=False)
     hw, st = cfg.hardware, cfg.stage
     for name in ("lightning.pytorch", "lightning.fabric"):  # Lightning has its own handler; Hydra's would repeat it
@@ -151,15 +168,16 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
     run = prepare(cfg, out)
     plan, tokenizer = run.plan, run.tokenizer
     print(plan.describe(peak_flops=hw.peak_flops), flush=True)
-    print(estimate_run(plan, hw), flush=True)
+    print(estimate_run(plan, hardware_of(cfg)), flush=True)
     if cfg.plan_only:  # before anything touches the run folder
         return {"plan": plan}
-    ckpt_dir = out / "checkpoints"
+    folder = RunFolder(out)
+    ckpt_dir = folder.checkpoints
     ckpt_path = resolve_ckpt_path(cfg, ckpt_dir)
     if hw.accelerator == "gpu" and not torch.cuda.is_available():
         raise NanochatError(f"hardware={hw.name} needs a CUDA GPU but none is visible; use hardware=cpu or hardware=auto")
     # memory fit: on CUDA probe real steps; everywhere check the estimate (an explicit size that cannot fit stops here)
-    fit = apply_fit(run, hw, probe=hw.accelerator == "gpu")
+    fit = apply_fit(run, hardware_of(cfg), probe=hw.accelerator == "gpu")
     plan = run.plan
     if getattr(run.datamodule, "accum", None) is not None:
         run.datamodule.accum = plan.grad_accum
@@ -167,8 +185,7 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
     if hw.accelerator == "gpu" and hw.compile:
         _point_triton_at_cuda_ptxas()
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(out / "tokenizer")
-    atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    record_start(cfg, folder, tokenizer, run.init_from)
 
     L.seed_everything(cfg.seed, verbose=False)
     module = NanochatLM(plan, tokenizer.token_bytes(), compile=bool(hw.compile), init_from=run.init_from)
@@ -219,9 +236,7 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
             summary["supervised_tok_per_s"] = statistics.median(sup)
     summary["samples"] = samples.samples
     if trainer.is_global_zero:
-        model_dir = export_model(module.model, tokenizer, out / "model", meta={"stage": st.name, **summary})
-        summary["model_dir"] = str(model_dir)
-        atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
+        model_dir = finish(folder, module.model, tokenizer, summary)
         print(f"\n{st.name}: {trainer.global_step} steps in {fit_s:.0f} s, val bpb {val_bpb:.4f}"
               + (f", {summary['tok_per_s']:,.0f} tok/s, MFU {100 * summary['mfu']:.1f}%" if "mfu" in summary else "")
               + f"\nmodel: {model_dir}", flush=True)

@@ -1,4 +1,4 @@
-"""The pipeline's stages behind one registry: `train.py` dispatches on `stage.name`.
+"""The pipeline's stages behind one registry (`nanochat.layout.STAGES`): `train.py` dispatches on `stage.name`.
 
 Each stage is one small module with a `run(cfg) -> dict` function. Training stages (base, mid, sft, rl) only say
 what is particular to them (where their weights start, which data they read, how the plan is derived); the run
@@ -9,27 +9,35 @@ from __future__ import annotations
 
 import importlib
 
-STAGES = {
-    "tokenizer": "nanochat.stages.tokenizer",
-    "base": "nanochat.stages.base",
-    "mid": "nanochat.stages.mid",
-    "sft": "nanochat.stages.sft",
-    "rl": "nanochat.stages.rl",
-    "all": "nanochat.stages.pipeline",
-}
+
+def validate(cfg) -> None:
+    """Check every value of the composed config against its field's range (types were checked by Hydra)."""
+    from nanochat.config import schema
+    from nanochat.config.typed import check_ranges
+
+    plain = {k: cfg[k] for k in ("seed", "plan_only", "ckpt_path", "tokenizer_dir", "mixture")}
+    check_ranges(plain, schema.TrainConfig)
+    for key, cls in (("hardware", schema.HardwareConfig), ("model", schema.ModelConfig),
+                     ("logger", schema.LoggerConfig), ("data", schema.DATA_SCHEMAS.get(cfg.data.name)),
+                     ("stage", schema.STAGE_SCHEMAS.get(cfg.stage.name)), ("pipeline", schema.PipelineOptions)):
+        if cls is not None:
+            check_ranges(cfg[key], cls, prefix=f"{key}.")
+    from nanochat.recipe import get_preset
+
+    get_preset(cfg.model.preset)
+    dbs = cfg.hardware.device_batch_size
+    if dbs != "auto" and (isinstance(dbs, bool) or not isinstance(dbs, int) or dbs < 1):
+        from nanochat.common import NanochatError
+
+        raise NanochatError(f"hardware.device_batch_size: {dbs!r} is not allowed; expected a positive integer or auto")
 
 
 def run_stage(cfg) -> dict:
     """Run the stage `cfg.stage.name` names."""
-    from nanochat.common import NanochatError
+    from nanochat.layout import PIPELINE_MODULE, STAGES, set_outputs_root
 
+    validate(cfg)
+    set_outputs_root(cfg.paths.outputs)
     name = cfg.stage.name
-    if name not in STAGES:
-        raise NanochatError(f"unknown stage {name!r}; choose one of: {', '.join(STAGES)}")
-    try:
-        module = importlib.import_module(STAGES[name])
-    except ModuleNotFoundError as e:
-        if e.name == STAGES[name]:
-            raise NanochatError(f"stage {name!r} is not available in this version") from None
-        raise
+    module = importlib.import_module(PIPELINE_MODULE if name == "all" else STAGES[name].module)
     return module.run(cfg)

@@ -23,7 +23,7 @@ def prepare(cfg: DictConfig, out: Path) -> StageRun:
     from nanochat.lit.datamodule import NanochatDataModule
     from nanochat.tokenizer import Tokenizer, get_tokenizer
 
-    hw, st = cfg.hardware, cfg.stage
+    st = cfg.stage
     # a resumed run keeps the tokenizer it started with (a newer one may have been trained since)
     run_tok = out / "tokenizer"
     if (run_tok / "tokenizer.pkl").exists() and cfg.ckpt_path is not None:
@@ -34,7 +34,7 @@ def prepare(cfg: DictConfig, out: Path) -> StageRun:
     # the data module builds the source itself so a download happens once per node (prepare_data), not per rank
     source_name, source_cfg = source_options(cfg.data)
     dm = NanochatDataModule(
-        source=source_name, source_cfg=source_cfg, tokenizer=tokenizer, batch_size=hw.device_batch_size,
+        source=source_name, source_cfg=source_cfg, tokenizer=tokenizer, batch_size=plan.device_batch_size,
         seq_len=plan.seq_len, buffer_docs=cfg.data.loader.buffer_docs,
         tokenizer_threads=cfg.data.loader.tokenizer_threads, val_tokens=st.eval_tokens,
         packing=default_packing(cfg),

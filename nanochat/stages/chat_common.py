@@ -1,9 +1,9 @@
 """What the chat stages (mid, sft) share: finding the model they start from and building their mixtures.
 
 Each stage finds its input without arguments - `stage=mid` the latest base model, `stage=sft` the latest mid
-model (or base when there is none) - and trains with the tokenizer that model was trained with.
-`stage.init_from=path` overrides. A mixture is a name in conf/mixture/ or a path to a YAML file of the same
-shape; `stage.task_options` (e.g. `stage.task_options.gsm8k.local_path=/data/gsm8k`) adds to its task options.
+model (or base when there is none), `stage=rl` the latest sft model - and trains with the tokenizer that model
+was trained with. `stage.init_from=path` overrides. A mixture (`mixture=`) is a name in nanochat/mixtures/ or a
+path to a YAML file of the same shape; `stage.task_options` (e.g. `stage.task_options.gsm8k.local_path=/data/gsm8k`) adds to its task options.
 """
 from __future__ import annotations
 
@@ -13,21 +13,20 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from nanochat.common import NanochatError
-from nanochat.stages.cli import CONF_DIR
 
 
-def input_model(cfg: DictConfig, prefer: tuple[str, ...], out: Path) -> Path:
-    """The model folder (or .ckpt) this stage starts from."""
+def input_model(cfg: DictConfig, out: Path) -> Path:
+    """The model folder (or .ckpt) this stage starts from: stage.init_from, else the newest model of the stages
+    it starts from (layout.STAGES); a resumed run keeps the input it started with (the runner records it)."""
     from nanochat.checkpoint import resolve_model_path
+    from nanochat.layout import STAGES, RunFolder
 
-    st = cfg.stage
-    if cfg.ckpt_path is not None and (out / "config.yaml").exists():
-        # a resumed run keeps the input it started with (a newer model may have been trained since)
-        saved = OmegaConf.load(out / "config.yaml")
-        started_from = OmegaConf.select(saved, "stage.started_from")
-        if started_from and Path(started_from).exists():
-            return Path(started_from)
-    return resolve_model_path(st.init_from, prefer=prefer) if st.init_from else resolve_model_path(None, prefer=prefer)
+    record = RunFolder(out).started_from
+    if cfg.ckpt_path is not None and record.exists():
+        started_from = Path(record.read_text().strip())
+        if started_from.exists():
+            return started_from
+    return resolve_model_path(cfg.stage.init_from, prefer=STAGES[cfg.stage.name].starts_from)
 
 
 def load_input(path: Path):
@@ -41,12 +40,22 @@ def load_input(path: Path):
     return model.config, tokenizer, meta
 
 
+MIXTURES_DIR = Path(__file__).resolve().parent.parent / "mixtures"
+
+
+def mixture_name(cfg: DictConfig) -> str:
+    """The `mixture=` key, else the stage's own offline mixture (offline_mid, offline_sft)."""
+    return cfg.mixture or f"offline_{cfg.stage.name}"
+
+
 def mixture_config(cfg: DictConfig) -> dict:
     """The mixture mapping (seed, task_options, train, val) with the stage's task options merged in."""
-    name = cfg.stage.mixture
-    path = Path(name) if str(name).endswith((".yaml", ".yml")) else CONF_DIR / "mixture" / f"{name}.yaml"
+    name = mixture_name(cfg)
+    path = Path(name) if str(name).endswith((".yaml", ".yml")) else MIXTURES_DIR / f"{name}.yaml"
     if not path.exists():
-        known = ", ".join(sorted(p.stem for p in (CONF_DIR / "mixture").glob("*.yaml")))
+        known = ", ".join(sorted(p.stem for p in MIXTURES_DIR.glob("*.yaml")))
+        if str(name).endswith((".yaml", ".yml")):
+            raise NanochatError(f"mixture file not found: {path}")
         raise NanochatError(f"unknown mixture {name!r}; choose one of: {known}, or give a path to a YAML file")
     mix = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     extra = OmegaConf.to_container(cfg.stage.task_options, resolve=True) if cfg.stage.get("task_options") else {}
@@ -66,7 +75,7 @@ def build_tasks(cfg: DictConfig):
     mix = mixture_config(cfg)
     train = build_from_config(mix, "train")
     if len(train) == 0:
-        raise NanochatError(f"mixture {cfg.stage.mixture!r} has no training conversations")
+        raise NanochatError(f"mixture {mixture_name(cfg)!r} has no training conversations")
     val = build_from_config(mix, "val") if mix.get("val") else None
     return train, val
 

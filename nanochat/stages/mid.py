@@ -8,31 +8,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from nanochat.lit.runner import StageRun, build_plan, run_training
-from nanochat.stages.chat_common import build_tasks, input_model, load_input, mean_tokens, steps_for
+from nanochat.recipe import get_preset
+from nanochat.stages.chat_common import build_tasks, input_model, load_input, mean_tokens, mixture_name, steps_for
 
 
 def prepare(cfg: DictConfig, out: Path) -> StageRun:
     from nanochat.lit.chat_datamodule import ChatDataModule
 
-    st, hw = cfg.stage, cfg.hardware
-    source = input_model(cfg, ("base",), out)
+    st = cfg.stage
+    source = input_model(cfg, out)
     model_cfg, tokenizer, _ = load_input(source)
-    with open_dict(cfg.stage):
-        cfg.stage.started_from = str(source)
     train, val = build_tasks(cfg)
     seq_len = model_cfg.sequence_len
     steps = int(st.num_iterations)
     if steps <= 0:  # num_epochs over the mixture's tokens
         tokens = st.num_epochs * len(train) * mean_tokens(train, tokenizer)
-        steps = steps_for(tokens, st.total_batch_tokens)
+        steps = steps_for(tokens, st.total_batch_tokens or get_preset(cfg.model.preset).batch.total_batch_tokens)
     plan = build_plan(cfg, tokenizer.vocab_size, model=model_cfg, num_iterations=steps)
-    val_steps = max(1, int(st.eval_tokens) // (hw.device_batch_size * seq_len * plan.world_size))
-    dm = ChatDataModule(train, val, tokenizer, batch_size=hw.device_batch_size, seq_len=seq_len, layout="pack",
+    val_steps = max(1, int(st.eval_tokens) // (plan.device_batch_size * seq_len * plan.world_size))
+    dm = ChatDataModule(train, val, tokenizer, batch_size=plan.device_batch_size, seq_len=seq_len, layout="pack",
                         mask=bool(st.mask_prompts), val_steps=val_steps)
-    info = {"input_model": str(source), "mixture": st.mixture, "train_conversations": len(train),
+    info = {"input_model": str(source), "mixture": mixture_name(cfg), "train_conversations": len(train),
             "val_conversations": len(val) if val is not None else 0}
     return StageRun(plan=plan, datamodule=dm, tokenizer=tokenizer, init_from=str(source),
                     sample_prompts=list(st.sample_prompts), chat_samples=True, info=info)

@@ -12,39 +12,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import statistics
 import time
 import warnings
-from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
-from nanochat.common import NanochatError, atomic_write_bytes
+from nanochat.common import NanochatError
 from nanochat.stages.cli import run_dir
-from nanochat.stages.schema import POS_INT, Spec
 
-# stage keys only this stage has (the shared ones are checked by nanochat.stages.schema); null = the default
-RL_SCHEMA = {
-    "num_samples": POS_INT, "max_new_tokens": POS_INT, "temperature": Spec(float, 0.0, 2.0),
-    "top_k": Spec(int, 0, 200), "device_batch_size": POS_INT, "rollout_batch": POS_INT,
-    "eval_every": Spec(int), "eval_examples": POS_INT, "eval_samples": POS_INT, "eval_temperature": Spec(float, 0.0, 2.0),
-    "gsm8k_path": Spec(str), "num_epochs": Spec(float, 1e-9), "examples_per_step": POS_INT,
-}
 # reference values (GPU) and the small CPU ones for the in-loop evaluation, when the config leaves them null
 EVAL_DEFAULTS = {"gpu": {"eval_every": 60, "eval_examples": 400}, "cpu": {"eval_every": 20, "eval_examples": 16}}
 
 
 def settings_from(cfg: DictConfig):
-    """RLSettings from stage.* (checked; nulls filled with the hardware's evaluation defaults)."""
+    """RLSettings from stage.* (checked when the config was composed; nulls = the hardware's evaluation defaults)."""
     from nanochat.lit.rl_module import RLSettings
 
     st = cfg.stage
-    for key, spec in RL_SCHEMA.items():
-        if key in st:
-            spec.check(f"stage.{key}", st[key])
     defaults = EVAL_DEFAULTS["gpu" if cfg.hardware.accelerator == "gpu" else "cpu"]
     values = {}
     for f in dataclasses.fields(RLSettings):
@@ -53,17 +40,6 @@ def settings_from(cfg: DictConfig):
             value = defaults.get(f.name, f.default)
         values[f.name] = {"int": int, "float": float}[f.type](value)  # 1 -> 1.0 for float keys
     return RLSettings(**values)
-
-
-def input_model(cfg: DictConfig, out: Path) -> Path:
-    """The SFT model this run starts from; a resumed run keeps the one it started with."""
-    from nanochat.checkpoint import resolve_model_path
-
-    if cfg.ckpt_path is not None and (out / "config.yaml").exists():
-        started = OmegaConf.select(OmegaConf.load(out / "config.yaml"), "stage.started_from")
-        if started and Path(started).exists():
-            return Path(started)
-    return resolve_model_path(cfg.stage.init_from or "latest:sft")
 
 
 def load_tasks(st: DictConfig):
@@ -88,12 +64,12 @@ def plan_for(cfg: DictConfig, model_cfg, vocab_size: int, num_train: int, s):
         steps = max(1, int(num_train * float(st.num_epochs)) // s.examples_per_step)
     rows = s.examples_per_step * s.num_samples
     batch = s.device_batch_size
-    with open_dict(cfg.hardware):  # the plan's batch arithmetic in rows of at most one context
-        cfg.hardware.device_batch_size = batch
-    per_step = -(-rows // batch) * batch * model_cfg.sequence_len
-    plan = build_plan(cfg, vocab_size, model=model_cfg, num_iterations=steps, total_batch_tokens=per_step)
+    per_step = -(-rows // batch) * batch * model_cfg.sequence_len  # rows of at most one context
+    plan = build_plan(cfg, vocab_size, model=model_cfg, num_iterations=steps, device_batch_size=batch,
+                      total_batch_tokens=per_step)
     # the reference's RL keeps Muon's momentum constant (no warm-up from 0.85)
-    return dataclasses.replace(plan, momentum_warmup=0, momentum_start=plan.momentum_end)
+    return dataclasses.replace(plan, optim=dataclasses.replace(plan.optim, momentum_warmup=0,
+                                                              momentum_start=plan.optim.momentum_end))
 
 
 def describe(s, n_train: int, n_test: int) -> str:
@@ -109,10 +85,12 @@ def run(cfg: DictConfig) -> dict:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from nanochat.checkpoint import export_model, load_model
+    from nanochat.checkpoint import load_model
     from nanochat.lit.callbacks import AtomicCheckpointIO
     from nanochat.lit.rl_module import RLModule, RLProgressBar, StepCounter
-    from nanochat.lit.runner import make_logger, resolve_ckpt_path, world_size
+    from nanochat.layout import RunFolder
+    from nanochat.lit.runner import finish, make_logger, record_start, resolve_ckpt_path, world_size
+    from nanochat.stages.chat_common import input_model
 
     out = run_dir(create=False)
     hw, st = cfg.hardware, cfg.stage
@@ -123,7 +101,7 @@ def run(cfg: DictConfig) -> dict:
     s = settings_from(cfg)
     if world_size(hw) > 1:
         raise NanochatError("stage=rl runs on one device (hardware.devices=1, hardware.num_nodes=1)")
-    source = input_model(cfg, out)
+    source = input_model(cfg, out)  # the newest sft model (layout.STAGES), or stage.init_from
     model, tokenizer, _ = load_model(source)
     if tokenizer.vocab_size != model.config.vocab_size:
         raise NanochatError(f"the tokenizer beside {source} has {tokenizer.vocab_size:,} tokens but the model "
@@ -134,15 +112,12 @@ def run(cfg: DictConfig) -> dict:
     if cfg.plan_only:
         return {"plan": plan}
 
-    ckpt_dir = out / "checkpoints"
+    ckpt_dir = RunFolder(out).checkpoints
     ckpt_path = resolve_ckpt_path(cfg, ckpt_dir)
     if hw.accelerator == "gpu" and not torch.cuda.is_available():
         raise NanochatError(f"hardware={hw.name} needs a CUDA GPU but none is visible; use hardware=cpu")
-    out.mkdir(parents=True, exist_ok=True)
-    with open_dict(cfg.stage):
-        cfg.stage.started_from = str(source)
-    tokenizer.save(out / "tokenizer")
-    atomic_write_bytes(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    folder = RunFolder(out)
+    record_start(cfg, folder, tokenizer, str(source))
 
     L.seed_everything(cfg.seed, verbose=False)
     # the checkpoint of a step holds the weights after its update: exactly what a resume needs
@@ -184,10 +159,7 @@ def run(cfg: DictConfig) -> dict:
         "settings": dataclasses.asdict(s), "plan": plan.as_dict(),
     }
     if trainer.is_global_zero:
-        model_dir = export_model(module.model, tokenizer, out / "model", meta={k: v for k, v in summary.items()
-                                                                             if k not in ("evals", "plan")})
-        summary["model_dir"] = str(model_dir)
-        atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
+        model_dir = finish(folder, module.model, tokenizer, summary, meta_skip=("evals", "plan"))
         c = module.counters
         passk = ", ".join(f"{k} {summary[k]:.4f}" for k in summary if k.startswith("pass@"))
         print(f"\nrl: {trainer.global_step} steps in {fit_s:.0f} s ({100 * (summary['sample_share'] or 0):.0f}% "

@@ -9,21 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from nanochat.common import NanochatError
 from nanochat.lit.runner import StageRun, build_plan, run_training, world_size
-from nanochat.stages.chat_common import build_tasks, input_model, load_input, steps_for
+from nanochat.stages.chat_common import build_tasks, input_model, load_input, mixture_name, steps_for
 
 
 def prepare(cfg: DictConfig, out: Path) -> StageRun:
     from nanochat.lit.chat_datamodule import ChatDataModule
 
     st = cfg.stage
-    source = input_model(cfg, ("mid", "base"), out)
+    source = input_model(cfg, out)
     model_cfg, tokenizer, _ = load_input(source)
-    with open_dict(cfg.stage):
-        cfg.stage.started_from = str(source)
     train, val = build_tasks(cfg)
     seq_len = model_cfg.sequence_len
     batch, world, per_step = int(st.device_batch_size), world_size(cfg.hardware), int(st.examples_per_step)
@@ -33,13 +31,12 @@ def prepare(cfg: DictConfig, out: Path) -> StageRun:
     steps = int(st.num_iterations)
     if steps <= 0:
         steps = steps_for(st.num_epochs * len(train), per_step)
-    with open_dict(cfg.hardware):  # the plan's batch arithmetic in conversations: rows of at most seq_len
-        cfg.hardware.device_batch_size = batch
-    plan = build_plan(cfg, tokenizer.vocab_size, model=model_cfg, num_iterations=steps,
+    # the plan's batch arithmetic in conversations: rows of at most seq_len
+    plan = build_plan(cfg, tokenizer.vocab_size, model=model_cfg, num_iterations=steps, device_batch_size=batch,
                       total_batch_tokens=per_step * seq_len)
     dm = ChatDataModule(train, val, tokenizer, batch_size=batch, seq_len=seq_len, layout="pad", mask=True,
                         accum=plan.grad_accum, val_steps=max(1, int(st.eval_batches)))
-    info = {"input_model": str(source), "mixture": st.mixture, "train_conversations": len(train),
+    info = {"input_model": str(source), "mixture": mixture_name(cfg), "train_conversations": len(train),
             "val_conversations": len(val) if val is not None else 0, "examples_per_step": per_step}
     return StageRun(plan=plan, datamodule=dm, tokenizer=tokenizer, init_from=str(source),
                     sample_prompts=list(st.sample_prompts), chat_samples=True, info=info)

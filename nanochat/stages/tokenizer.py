@@ -36,16 +36,16 @@ def run(cfg: DictConfig) -> dict:
     from nanochat.dataset import iter_texts
     from nanochat.tokenizer import Tokenizer, compression_ratio, default_tokenizer_dir, reference_encodings
 
-    st = cfg.stage
+    st, vocab_size, max_chars = cfg.stage, cfg.data.tokenizer.vocab_size, cfg.data.tokenizer.max_chars
     out = run_dir()
     source = open_source(cfg.data)
     pattern = resolve_pattern(st.pattern)
-    print(f"training tokenizer: vocab {st.vocab_size:,} (incl. 9 specials), up to {st.max_chars:,} chars "
+    print(f"training tokenizer: vocab {vocab_size:,} (incl. 9 specials), up to {max_chars:,} chars "
           f"from '{cfg.data.name}', documents capped at {st.doc_cap:,} chars", flush=True)
     t0 = time.time()
-    texts = iter_texts(source, split="train", max_chars=st.max_chars, doc_cap=st.doc_cap)
-    with tqdm(total=st.max_chars, unit="char", unit_scale=True, desc="reading", mininterval=1.0) as bar:
-        tokenizer = Tokenizer.train(_counting(texts, bar), vocab_size=st.vocab_size, pattern=pattern)
+    texts = iter_texts(source, split="train", max_chars=max_chars, doc_cap=st.doc_cap)
+    with tqdm(total=max_chars, unit="char", unit_scale=True, desc="reading", mininterval=1.0) as bar:
+        tokenizer = Tokenizer.train(_counting(texts, bar), vocab_size=vocab_size, pattern=pattern)
     train_s = time.time() - t0
 
     tokenizer.save(out / "tokenizer")
