@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,8 +14,6 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
 from nanochat import export  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TEXT = ("the quick brown fox jumps over the lazy dog 1234567 times; Ünïcode ✓ 東京 \n\n  x!!! "
         "it's what we've done   \t tabs\r\nend")
@@ -117,11 +112,6 @@ def test_value_embeddings_get_a_clear_refusal(tok, tmp_path):
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
-def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "nanochat.export", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120, env={**os.environ, **(env or {})})
-
-
 @pytest.fixture()
 def run_folder(tok, tmp_path):
     from nanochat.checkpoint import export_model as save_model_folder
@@ -165,31 +155,6 @@ def test_a_failed_export_leaves_the_earlier_one(tok, tmp_path, monkeypatch):
     with pytest.raises(ZeroDivisionError):
         export.export_model(tiny_model(tok), tok, tmp_path / "new", hf="false")
     assert not (tmp_path / "new").exists()
-
-
-@pytest.mark.parametrize("args, says", [
-    (["ckpt=latest:rl", "out=x"], "no trained rl model"), (["out=x", "dtype=int3"], "dtype"),
-    (["ckpt=nowhere", "out=x"], "no model at nowhere"), (["out=x", "push_to_hub=true"], "repo="),
-    (["colour=red"], "colour"), (["out=x", "hf=maybe"], "hf"), (["ckpt=nowhere"], "out must be given"),
-    (["--out", "x"], "key=value"), (["out=FILE"], "is a file, not a folder"),
-    (["out=OUTPUTS", "ckpt=latest:sft"], "holds no earlier export"),
-])
-def test_cli_bad_input_is_one_line(args, says, tmp_path):
-    (tmp_path / "outputs" / "sft").mkdir(parents=True)
-    (tmp_path / "FILE").write_text("keep me")
-    args = [a.replace("FILE", str(tmp_path / "FILE")).replace("OUTPUTS", str(tmp_path / "outputs")) for a in args]
-    r = _cli(*args, env={"NANOCHAT_OUTPUTS": str(tmp_path / "outputs")})
-    assert r.returncode == 1 and r.stdout == ""
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr
-    assert (tmp_path / "FILE").read_text() == "keep me" and not (tmp_path / "x").exists()
-
-
-def test_cli_help_lists_the_keys():
-    r = _cli("--help")
-    assert r.returncode == 0 and r.stdout.startswith("usage: python -m nanochat.export")
-    for key in ("out", "ckpt", "hf", "dtype", "push_to_hub", "repo", "private"):
-        assert f"  {key} " in r.stdout
 
 
 def test_push_to_unreachable_hub_is_one_clear_error(tok, tmp_path):

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,7 +14,6 @@ from nanochat.common import NanochatError  # noqa: E402
 from nanochat.gpt import GPT, GPTConfig  # noqa: E402
 from nanochat.tokenizer import Tokenizer  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = [
     {"question": "The sky is", "choices": ["blue", "green", "made of cheese"], "answer": 0,
      "text": "The quick brown fox jumps over the lazy dog."},
@@ -163,31 +159,6 @@ def test_cli_runs_local_tasks_and_writes_json(setup, tmp_path, capsys, monkeypat
     assert capsys.readouterr().err.splitlines() == [
         "error: tasks: unknown lm-eval task(s): no_such_task (`lm-eval ls tasks` lists them; include_path= adds "
         "YAML tasks)"]
-
-
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "nanochat.lm_eval_bridge", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
-
-
-@pytest.mark.parametrize("args, says", [
-    (["colour=red"], "colour"), (["batch_size=0", "tasks=x"], "batch_size"), (["ckpt=x"], "tasks must be given"),
-    (["--tasks", "hellaswag"], "key=value"), (["tasks=x", "ckpt=/no/such/model"], "no model at"),
-    (["tasks=x", "limit=-1"], "limit"), (["tasks=x", "include_path=/no/such/dir"], "include_path"),
-])
-def test_cli_bad_input_is_one_line(args, says):
-    r = _cli(*args)
-    assert r.returncode == 1 and r.stdout == ""
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr
-
-
-def test_cli_help_lists_the_keys():
-    r = _cli("--help")
-    assert r.returncode == 0 and r.stdout.startswith("usage: python -m nanochat.lm_eval_bridge")
-    for key in ("tasks", "ckpt", "batch_size", "limit", "num_fewshot", "device", "add_bos", "include_path",
-                "output_path", "log_samples", "seed"):
-        assert f"  {key} " in r.stdout
 
 
 @pytest.mark.slow

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -14,8 +12,6 @@ pytest.importorskip("matplotlib")
 
 from nanochat import report, report_plots, report_runs  # noqa: E402
 from nanochat.common import NanochatError  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODEL_CFG = {"sequence_len": 64, "vocab_size": 512, "n_layer": 2, "n_head": 1, "n_kv_head": 1, "n_embd": 128}
 
@@ -151,32 +147,3 @@ def test_cli(outputs, tmp_path, capsys):
         report.main([f"outputs={tmp_path / 'missing'}"])
     assert exit_.value.code == 1
     assert capsys.readouterr().err.startswith("error: no outputs folder")
-
-
-def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "nanochat.report", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120, env=env)
-
-
-@pytest.mark.parametrize("args, says", [
-    (["price_per_hour=-1"], "price_per_hour"), (["price_per_hour=cheap"], "price_per_hour"),
-    (["colour=red"], "colour"), (["--outputs", "x"], "key=value"), (["outputs=/no/such/folder"], "no outputs folder"),
-])
-def test_cli_bad_input_is_one_line(args, says):
-    r = _cli(*args)
-    assert r.returncode == 1 and r.stdout == ""
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr
-
-
-def test_cli_out_is_a_folder(outputs):
-    r = _cli(f"outputs={outputs}", f"out={outputs}")
-    assert r.returncode == 1 and r.stderr.splitlines() == [f"error: out: {outputs} is a folder; give the "
-                                                          "markdown file to write"]
-
-
-def test_cli_help_lists_the_keys():
-    r = _cli("--help")
-    assert r.returncode == 0 and r.stdout.startswith("usage: python -m nanochat.report")
-    for key in ("outputs", "out", "price_per_hour"):
-        assert f"  {key} " in r.stdout
