@@ -58,7 +58,7 @@ def shared_data_dir() -> Path | None:
 
 
 def knob(default=None, doc: str = "", *, low: float | None = None, high: float | None = None,
-         choices: tuple | None = None, default_factory=None):
+         choices: tuple | None = None, length: int | None = None, default_factory=None):
     """A dataclass field with the one-line doc and the valid range of a setting (its single definition).
 
     The type is the field's annotation; the config layer reads `doc`, `low`/`high` (inclusive) and `choices`
@@ -66,7 +66,7 @@ def knob(default=None, doc: str = "", *, low: float | None = None, high: float |
     """
     from dataclasses import MISSING, field
 
-    meta = {"doc": doc, "low": low, "high": high, "choices": choices}
+    meta = {"doc": doc, "low": low, "high": high, "choices": choices, "length": length}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     if isinstance(default, (list, dict)):

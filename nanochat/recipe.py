@@ -23,8 +23,10 @@ class OptimSettings:
     unembedding_lr: Optional[float] = knob(None, "AdamW lr of lm_head (x (d_model/768)^-0.5)", low=0)
     matrix_lr: Optional[float] = knob(None, "Muon lr of the block matrices", low=0)
     scalar_lr: Optional[float] = knob(None, "lr of the x0 residual scalars (per-layer residual scalars: x 0.01)", low=0)
-    adam_betas: Optional[List[float]] = knob(None, "AdamW betas [beta1, beta2]", low=0, high=0.999999)
-    x0_betas: Optional[List[float]] = knob(None, "AdamW betas of the x0 scalars", low=0, high=0.999999)
+    adam_betas: Optional[List[float]] = knob(None, "AdamW betas [beta1, beta2]", low=0, high=0.999999,
+                                          length=2)
+    x0_betas: Optional[List[float]] = knob(None, "AdamW betas of the x0 scalars", low=0,
+                                        high=0.999999, length=2)
     adam_eps: Optional[float] = knob(None, "AdamW epsilon", low=0)
     adamw_weight_decay: Optional[float] = knob(None, "AdamW weight decay on embeddings / lm_head (not Muon's)", low=0)
     muon_orthogonalizer: Optional[str] = knob(None, "Muon's orthogonalisation",

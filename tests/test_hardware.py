@@ -1,6 +1,7 @@
 """Device facts (memory sources, attention kernel, run estimate) and the device-batch fit, all on CPU with fakes."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from nanochat import scaling
 from nanochat.common import NanochatError
 from nanochat.hardware import (DeviceMemory, attention_backend, device_memory, estimate_run, is_unified_memory,
                                parse_meminfo)
+from nanochat.hardware import HardwareConfig as HW
 from nanochat.lit.memfit import (ProbeResult, apply_fit, batch_candidates, choose_device_batch, fit_plan,
                                  memory_budget, planning_batch_size)
 from nanochat.memory import estimate_training_memory
@@ -89,17 +91,17 @@ def test_attention_backend_here():
 
 def test_estimate_run_time_energy_cost():
     plan = scaling.plan(20, vocab_size=65536, world_size=8, device_batch_size=32)
-    hw = {"peak_flops": 9.89e14, "expected_mfu": 0.4, "power_watts": 700, "price_per_hour": 3.0}
+    hw = HW(**{"peak_flops": 9.89e14, "expected_mfu": 0.4, "power_watts": 700, "price_per_hour": 3.0})
     text = estimate_run(plan, hw)
     hours = plan.total_flops / (9.89e14 * 8 * 0.4) / 3600
     assert f"{hours:.2f} h" in text
     assert f"{hours * 700 * 8 / 1000:,.2f} kWh" in text
     assert f"${hours * 3.0 * 8:,.2f}" in text
     # an owned machine: electricity price instead of rent; an explicit MFU wins over the profile's
-    spark = {"peak_flops": 2.09e14, "power_watts": 240, "price_per_kwh": 0.3}
+    spark = HW(**{"peak_flops": 2.09e14, "power_watts": 240, "price_per_kwh": 0.3})
     text = estimate_run(scaling.plan(16, vocab_size=65536, device_batch_size=32), spark, mfu=0.3)
     assert "of electricity" in text and "30% MFU" in text
-    assert "set hardware.peak_flops" in estimate_run(plan, {"peak_flops": None})
+    assert "set hardware.peak_flops" in estimate_run(plan, HW(peak_flops=None))
     with pytest.raises(NanochatError, match="MFU"):
         estimate_run(plan, hw, mfu=1.5)
 
@@ -137,7 +139,7 @@ def test_batch_candidates_are_power_of_two_divisors():
 def test_auto_picks_largest_fitting_and_keeps_token_batch():
     plan = small_plan()
     budget_for = {b: estimate_training_memory(plan, device_batch_size=b).total for b in (32, 16, 8, 4)}
-    hw = {"device_batch_size": "auto", "accelerator": "cpu", "precision": "32-true", "memory_headroom": 0.0}
+    hw = HW(**{"device_batch_size": "auto", "accelerator": "cpu", "precision": "32-true", "memory_headroom": 0.0})
     for b in (32, 16, 8, 4):
         mem = fake_memory(budget_for[b] + 1)
         batch, accum, report = choose_device_batch(plan, hw, probe=False, memory=mem)
@@ -145,12 +147,12 @@ def test_auto_picks_largest_fitting_and_keeps_token_batch():
         assert not report.pinned and "largest that fits" in report.describe()
     # headroom is a fraction of total memory kept free
     mem = fake_memory(budget_for[16] + 1)
-    assert choose_device_batch(plan, {**hw, "memory_headroom": 0.2}, probe=False, memory=mem)[0] < 16
+    assert choose_device_batch(plan, replace(hw, memory_headroom=0.2), probe=False, memory=mem)[0] < 16
 
 
 def test_probe_halves_from_the_estimate():
     plan = small_plan()
-    hw = {"device_batch_size": "auto", "accelerator": "gpu", "precision": "bf16-mixed", "memory_headroom": 0.0}
+    hw = HW(**{"device_batch_size": "auto", "accelerator": "gpu", "precision": "bf16-mixed", "memory_headroom": 0.0})
     mem = fake_memory(10 * GiB)  # the estimate allows 32; the (fake) device only manages 8
     tried = []
 
@@ -169,7 +171,7 @@ def test_probe_halves_from_the_estimate():
 
 def test_pinned_size_kept_or_rejected_with_the_largest_that_fits():
     plan = small_plan()
-    hw = {"device_batch_size": 16, "accelerator": "cpu", "precision": "32-true", "memory_headroom": 0.0}
+    hw = HW(**{"device_batch_size": 16, "accelerator": "cpu", "precision": "32-true", "memory_headroom": 0.0})
     est = {b: estimate_training_memory(plan, device_batch_size=b).total for b in (16, 8)}
     batch, accum, report = choose_device_batch(plan, hw, probe=False, memory=fake_memory(est[16] + 1))
     assert (batch, accum, report.pinned) == (16, 2, True)
@@ -180,20 +182,19 @@ def test_pinned_size_kept_or_rejected_with_the_largest_that_fits():
     with pytest.raises(NanochatError, match="not even device batch 1"):
         choose_device_batch(plan, hw, probe=False, memory=fake_memory(1000))
     with pytest.raises(NanochatError, match="not divisible"):
-        choose_device_batch(plan, {**hw, "device_batch_size": 3}, probe=False, memory=fake_memory(100 * GiB))
+        choose_device_batch(plan, replace(hw, device_batch_size=3), probe=False, memory=fake_memory(100 * GiB))
     with pytest.raises(NanochatError, match="positive integer or auto"):
-        choose_device_batch(plan, {**hw, "device_batch_size": "big"}, probe=False, memory=fake_memory(GiB))
+        choose_device_batch(plan, replace(hw, device_batch_size="big"), probe=False, memory=fake_memory(GiB))
     # a probe overrules the estimate for a pinned size
-    batch, _, _ = choose_device_batch(plan, {**hw, "accelerator": "gpu"}, probe=True, memory=fake_memory(1000),
+    batch, _, _ = choose_device_batch(plan, replace(hw, accelerator="gpu"), probe=True, memory=fake_memory(1000),
                                       try_batch=lambda b: ProbeResult(True, 10))
     assert batch == 16
 
 
 def test_fit_plan_apply_fit_and_planning_batch():
     plan = small_plan(batch=32)
-    hw = {"device_batch_size": "auto", "accelerator": "cpu", "precision": "32-true", "memory_headroom": 0.0,
-          "total_batch_tokens": 8192}
-    assert planning_batch_size(hw, 256) == 32 and planning_batch_size({"device_batch_size": 4}, 256) == 4
+    hw = HW(device_batch_size="auto", accelerator="cpu", precision="32-true", memory_headroom=0.0)
+    assert planning_batch_size("auto", 8192, 256) == 32 and planning_batch_size(4, 8192, 256) == 4
     mem = fake_memory(estimate_training_memory(plan, device_batch_size=4).total + 1)
     new, report = fit_plan(plan, hw, probe=False, memory=mem)
     assert (new.device_batch_size, new.grad_accum) == (4, 8) and plan.device_batch_size == 32

@@ -44,6 +44,9 @@ def parse(schema: type, argv: Sequence[str], positional: str | None = None) -> A
         raise NanochatError(str(e).splitlines()[0]) from None
     for o in overrides:
         key = o.key_or_group
+        if o.is_sweep_override():
+            raise NanochatError(f"{key}: a list of choices is a sweep; quote a value that holds a comma "
+                                f"({key}='a,b') or give a list ({key}=[a,b])")
         try:
             OmegaConf.update(cfg, key, o.value(), merge=True)
         except OmegaConfBaseException as e:

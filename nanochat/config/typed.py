@@ -105,6 +105,9 @@ def check_value(key: str, f, value: Any) -> None:
     choices = meta.get("choices")
     if choices and value not in choices:
         raise NanochatError(f"{key}: {value!r} is not allowed; expected one of: {', '.join(map(str, choices))}")
+    length = meta.get("length")
+    if length is not None and isinstance(value, (list, tuple)) and len(value) != length:
+        raise NanochatError(f"{key}: {list(value)} must hold {length} numbers")
     low, high = meta.get("low"), meta.get("high")
     if low is None and high is None:
         return

@@ -15,11 +15,13 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from nanochat.common import NanochatError
+from nanochat.layout import RunFolder
 from nanochat.stages.cli import CONF_DIR
 
 ROOT = CONF_DIR.parent
@@ -33,7 +35,7 @@ def _user_overrides() -> list[str]:
     keep = []
     for o in HydraConfig.get().overrides.task:
         key = o.split("=", 1)[0].lstrip("+~")
-        if key in ("stage", "run_name", "ckpt_path", "plan_only") or key.startswith(("stage.", "hydra.")):
+        if key in ("stage", "run_name", "ckpt_path", "plan_only") or key.startswith(("stage.", "hydra.", "pipeline.")):
             continue
         keep.append(o)
     return keep
@@ -48,6 +50,36 @@ def _flat(d: dict | None, prefix: str = "") -> list[str]:
         else:
             out.append(f"{prefix}{k}={'null' if v is None else json.dumps(v) if isinstance(v, list) else v}")
     return out
+
+
+def stage_overrides(cfg: DictConfig, stage: str) -> list[str]:
+    """`pipeline.<stage>.<key>=v` as the stage's own overrides: its stage keys, and top-level keys like mixture."""
+    from nanochat.config.schema import TrainConfig
+
+    top = {f.name for f in fields(TrainConfig)}
+    options = OmegaConf.to_container(cfg.pipeline[stage], resolve=True)
+    given = {k: v for k, v in options.items() if v is not None}
+    return _flat({k: v for k, v in given.items() if k in top}) + _flat({k: v for k, v in given.items() if k not in top},
+                                                                        "stage.")
+
+
+def check_stages(cfg: DictConfig, stages: list[str], common: list[str]) -> None:
+    """Compose and check every stage's config before the first one starts: a bad per-stage value fails in seconds."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from nanochat.config.app import compose
+    from nanochat.config.typed import one_line
+    from nanochat.stages import validate
+
+    for stage in stages:
+        try:
+            validate(compose("train", [*common, f"stage={stage}", *stage_overrides(cfg, stage)]))
+        except NanochatError as e:
+            raise NanochatError(f"pipeline.{stage}: {e}") from None
+        except (OmegaConfBaseException, Exception) as e:  # Hydra's composition errors
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise NanochatError(f"pipeline.{stage}: {one_line(e)}") from None
 
 
 def _run(cmd: list[str], what: str) -> None:
@@ -71,18 +103,45 @@ def stage_state(folder: Path) -> str:
     return "new"
 
 
+def plan_all(cfg: DictConfig, stages: list[str], common: list[str], root: Path, name: str) -> dict:
+    """stage=all plan_only=true: every stage's plan, nothing trained or written."""
+    python = sys.executable
+    for i, stage in enumerate(stages):
+        extra = [f"stage={stage}", f"run_name={name}", "plan_only=true", *stage_overrides(cfg, stage)]
+        if stage == "tokenizer":
+            print(f"\n=== tokenizer: vocab {cfg.data.tokenizer.vocab_size:,} from up to {cfg.data.tokenizer.max_chars:,} "
+                  f"characters of '{cfg.data.name}' -> {RunFolder.of('tokenizer', name, root).tokenizer}", flush=True)
+            continue
+        tok = RunFolder.of("tokenizer", name, root).tokenizer
+        if stage == "base" and "tokenizer" in stages and (tok / "tokenizer.pkl").exists():
+            extra.append(f"tokenizer_dir={tok}")
+        before = [s for s in stages[:i] if s != "tokenizer"]
+        if before:
+            source = RunFolder.of(before[-1], name, root)
+            if not source.has_model():
+                print(f"\n=== {stage}: starts from {source.model} once {before[-1]} has trained; its plan (steps "
+                      f"from its data) is printed then", flush=True)
+                continue
+            extra.append(f"stage.init_from={source.model}")
+        _run([python, str(ROOT / "train.py"), *common, *extra], f"{stage} (plan)")
+    return {"stages": stages, "plan_only": True}
+
+
 def run(cfg: DictConfig) -> dict:
-    from nanochat.checkpoint import outputs_dir
+    from nanochat.layout import outputs_root
 
     st = cfg.stage
     stages = [s for s in st.stages if s != "rl" or st.rl]
     unknown = [s for s in stages if s not in TRAIN_STAGES]
     if unknown:
         raise NanochatError(f"unknown stage(s) in stage.stages: {', '.join(unknown)}; known: {', '.join(TRAIN_STAGES)}")
-    root = outputs_dir()
+    root = outputs_root()
     name = cfg.run_name
     common = _user_overrides()
+    check_stages(cfg, stages, common)
     python = sys.executable
+    if cfg.plan_only:
+        return plan_all(cfg, stages, common, root, name)
     t0 = time.time()
     downloader = None
     if cfg.data.name.startswith("fineweb") and cfg.data.get("download") and "tokenizer" in stages:
@@ -93,13 +152,12 @@ def run(cfg: DictConfig) -> dict:
         downloader = subprocess.Popen(cmd, cwd=ROOT)
     previous: Path | None = None
     summaries = {}
-    per_stage = OmegaConf.to_container(st.overrides, resolve=True) if st.get("overrides") else {}
     try:
         for stage in stages:
             folder = root / stage / name
             state = stage_state(folder)
             extra = [f"stage={stage}", f"run_name={name}", f"hydra.run.dir={folder}",
-                     *_flat(per_stage.get(stage))]
+                     *stage_overrides(cfg, stage)]
             if stage == "base" and "tokenizer" in stages:
                 extra.append(f"tokenizer_dir={root / 'tokenizer' / name / 'tokenizer'}")
             if stage in ("mid", "sft", "rl") and previous is not None:
@@ -137,6 +195,6 @@ def run(cfg: DictConfig) -> dict:
     print(f"report card: {report}")
     last = next((s for s in reversed(stages) if s in ("rl", "sft", "mid")), None)
     if last:
-        print(f"chat with it: python -m nanochat.chat_cli --ckpt {root / last / name / 'model'}   "
+        print(f"chat with it: python -m nanochat.chat_cli ckpt={root / last / name / 'model'}   "
               f"(web UI: python serve.py ckpt={root / last / name / 'model'})")
     return {"stages": summaries, "report": str(report)}
