@@ -113,6 +113,11 @@ class RunFolder:
     def metrics(self) -> Path:
         return self.path / "logs" / "metrics.csv"
 
+    @property
+    def started_from(self) -> Path:
+        """The input model a chat stage started from (a resumed run keeps it even if a newer one appeared)."""
+        return self.path / "started_from.txt"
+
     def has_model(self) -> bool:
         return (self.model / "config.json").exists() and (self.model / "model.pt").exists()
 
@@ -134,8 +139,3 @@ def run_folders(stage: str, root: str | os.PathLike | None = None) -> list[RunFo
     base = (outputs_root() if root is None else Path(root)) / stage
     singles = [RunFolder(p) for p in sorted(base.glob("*")) if p.is_dir() and p.name != SWEEP_DIR]
     return singles + sweep_folders(stage, root)
-
-    @property
-    def started_from(self) -> Path:
-        """The input model a chat stage started from (a resumed run keeps it even if a newer one appeared)."""
-        return self.path / "started_from.txt"

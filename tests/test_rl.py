@@ -281,11 +281,12 @@ def test_a_step_with_nothing_to_learn_or_nan_rewards_is_a_counted_skip(case):
 def test_missing_data_and_missing_sft_model_are_one_clear_error(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from nanochat.stages.rl import input_model, load_tasks
+    from nanochat.stages.chat_common import input_model
+    from nanochat.stages.rl import load_tasks
 
     with pytest.raises(NanochatError, match="does not exist"):
         load_tasks(OmegaConf.create({"gsm8k_path": str(tmp_path / "nowhere")}))
     monkeypatch.setenv("NANOCHAT_OUTPUTS", str(tmp_path / "outputs"))
-    cfg = OmegaConf.create({"ckpt_path": None, "stage": {"init_from": None}})
+    cfg = OmegaConf.create({"ckpt_path": None, "stage": {"name": "rl", "init_from": None}})
     with pytest.raises(NanochatError, match="python train.py stage=sft"):
         input_model(cfg, tmp_path / "run")

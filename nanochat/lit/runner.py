@@ -7,6 +7,7 @@ model folder.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -177,7 +178,10 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
     if hw.accelerator == "gpu" and not torch.cuda.is_available():
         raise NanochatError(f"hardware={hw.name} needs a CUDA GPU but none is visible; use hardware=cpu or hardware=auto")
     # memory fit: on CUDA probe real steps; everywhere check the estimate (an explicit size that cannot fit stops here)
-    fit = apply_fit(run, hardware_of(cfg), probe=hw.accelerator == "gpu")
+    hardware = hardware_of(cfg)
+    if "device_batch_size" in st:  # the stage's own rows per micro-batch (sft), not the profile's
+        hardware = dataclasses.replace(hardware, device_batch_size=plan.device_batch_size)
+    fit = apply_fit(run, hardware, probe=hw.accelerator == "gpu")
     plan = run.plan
     if getattr(run.datamodule, "accum", None) is not None:
         run.datamodule.accum = plan.grad_accum
