@@ -118,7 +118,7 @@ def test_long_documents_roll_over_windows(setup):
 
 
 def test_bad_model_args_are_clear(setup, tmp_path):
-    from nanochat.lm_eval_bridge import NanochatLM, main
+    from nanochat.lm_eval_bridge import NanochatLM
 
     with pytest.raises(NanochatError, match="no model at"):
         NanochatLM(path=str(tmp_path / "nowhere"))

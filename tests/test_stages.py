@@ -1,6 +1,5 @@
 """End-to-end stage behaviour through train.py: tokenizer stage, base sweeps, bad input -> one clear line."""
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -1,10 +1,8 @@
 """Training callbacks: throughput/MFU, sample generations, non-finite loss guard, atomic checkpoint files."""
 from __future__ import annotations
 
-import math
 import os
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
