@@ -191,3 +191,12 @@ def test_help_lists_keys_with_types_defaults_and_docs():
 def test_serve_rejects_a_bad_port():
     line = one_error_line(cli("port=99999", script="serve.py"))
     assert line.startswith("error: port: 99999 is out of range"), line
+
+
+def test_pipeline_bad_stage_value_fails_before_any_stage(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "stage=all", "pipeline.sft.warmdown_ratio=3"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**__import__("os").environ, "NANOCHAT_HARDWARE": "cpu",
+                               "NANOCHAT_OUTPUTS": str(tmp_path / "outputs")})
+    assert one_error_line(proc).startswith("error: pipeline.sft.warmdown_ratio: 3.0 is out of range")
+    assert not (tmp_path / "outputs" / "tokenizer").exists()  # nothing started
