@@ -13,9 +13,6 @@ from typing import Any
 
 from nanochat.common import NanochatError
 
-_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-
-
 def type_name(tp: Any) -> str:
     """'int', 'float?', 'list[float]', ... for the help table."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -33,13 +30,9 @@ def type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
 def iter_fields(cls, prefix: str = ""):
     """(dotted key, field, type) of every leaf setting of a dataclass, nested dataclasses flattened."""
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name.startswith("_") or f.name == "defaults":
             continue
@@ -76,14 +69,11 @@ def _default_text(f) -> str:
     return str(value)
 
 
-def help_table(cls, prefix: str = "", values: dict | None = None) -> list[str]:
-    """One line per key: `key  type  default  doc` (`values`: the composed defaults that win over the field's)."""
+def help_table(cls, prefix: str = "") -> list[str]:
+    """One line per key: `key  type  default  doc`."""
     rows = []
     for key, f, tp in iter_fields(cls, prefix):
         default = _default_text(f)
-        if values is not None and key in values:
-            v = values[key]
-            default = "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
         doc = f.metadata.get("doc", "")
         choices = f.metadata.get("choices")
         if choices:

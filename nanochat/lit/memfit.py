@@ -70,13 +70,18 @@ def batch_candidates(total_batch_tokens: int, seq_len: int, world_size: int) -> 
     return out[::-1]
 
 
+def check_device_batch(value) -> None:
+    """`hardware.device_batch_size` is a positive integer or "auto" (a NanochatError naming the key otherwise)."""
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise NanochatError(f"hardware.device_batch_size: {value!r} is not allowed; expected a positive integer or auto")
+
+
 def planning_batch_size(device_batch_size, total_batch_tokens: int, seq_len: int, world_size: int = 1) -> int:
     """The device batch to build a plan with: the configured one, or for `auto` the largest candidate
     (`choose_device_batch` then lowers it to what fits)."""
+    check_device_batch(device_batch_size)
     if device_batch_size == "auto":
         return batch_candidates(int(total_batch_tokens), seq_len, world_size)[0]
-    if isinstance(device_batch_size, bool) or not isinstance(device_batch_size, int) or device_batch_size <= 0:
-        raise NanochatError(f"hardware.device_batch_size must be a positive integer or auto, got {device_batch_size!r}")
     return device_batch_size
 
 
@@ -95,9 +100,8 @@ def choose_device_batch(plan, hardware, probe: bool = True, *, memory: DeviceMem
     `memory` / `try_batch` replace the live memory query and the CUDA probe (tests, or a custom probe).
     """
     requested = hardware.device_batch_size
+    check_device_batch(requested)
     pinned = requested != "auto"
-    if pinned and (not isinstance(requested, int) or isinstance(requested, bool) or requested <= 0):
-        raise NanochatError(f"hardware.device_batch_size must be a positive integer or auto, got {requested!r}")
     precision = str(hardware.precision)
     compile_ = bool(hardware.compile)
     on_gpu = hardware.accelerator in ("gpu", "cuda")
@@ -242,5 +246,5 @@ def cuda_probe(plan, precision: str, compile: bool, budget: int, steps: int = 2,
     return run
 
 
-__all__ = ["FitReport", "ProbeResult", "apply_fit", "batch_candidates", "choose_device_batch", "cuda_probe",
-           "fit_plan", "memory_budget", "planning_batch_size"]
+__all__ = ["FitReport", "ProbeResult", "apply_fit", "batch_candidates", "check_device_batch", "choose_device_batch",
+           "cuda_probe", "fit_plan", "memory_budget", "planning_batch_size"]

@@ -22,14 +22,11 @@ def validate(cfg) -> None:
                      ("stage", schema.STAGE_SCHEMAS.get(cfg.stage.name)), ("pipeline", schema.PipelineOptions)):
         if cls is not None:
             check_ranges(cfg[key], cls, prefix=f"{key}.")
+    from nanochat.lit.memfit import check_device_batch
     from nanochat.recipe import get_preset
 
     get_preset(cfg.model.preset)
-    dbs = cfg.hardware.device_batch_size
-    if dbs != "auto" and (isinstance(dbs, bool) or not isinstance(dbs, int) or dbs < 1):
-        from nanochat.common import NanochatError
-
-        raise NanochatError(f"hardware.device_batch_size: {dbs!r} is not allowed; expected a positive integer or auto")
+    check_device_batch(cfg.hardware.device_batch_size)
 
 
 def run_stage(cfg) -> dict:

@@ -3,7 +3,8 @@
 Each stage finds its input without arguments - `stage=mid` the latest base model, `stage=sft` the latest mid
 model (or base when there is none), `stage=rl` the latest sft model - and trains with the tokenizer that model
 was trained with. `stage.init_from=path` overrides. A mixture (`mixture=`) is a name in nanochat/mixtures/ or a
-path to a YAML file of the same shape; `stage.task_options` (e.g. `stage.task_options.gsm8k.local_path=/data/gsm8k`) adds to its task options.
+path to a YAML file of the same shape; `stage.task_options` (e.g. `stage.task_options.gsm8k.local_path=/data/gsm8k`)
+adds to its task options.
 """
 from __future__ import annotations
 
@@ -51,11 +52,12 @@ def mixture_name(cfg: DictConfig) -> str:
 def mixture_config(cfg: DictConfig) -> dict:
     """The mixture mapping (seed, task_options, train, val) with the stage's task options merged in."""
     name = mixture_name(cfg)
-    path = Path(name) if str(name).endswith((".yaml", ".yml")) else MIXTURES_DIR / f"{name}.yaml"
+    is_file = str(name).endswith((".yaml", ".yml"))
+    path = Path(name) if is_file else MIXTURES_DIR / f"{name}.yaml"
     if not path.exists():
-        known = ", ".join(sorted(p.stem for p in MIXTURES_DIR.glob("*.yaml")))
-        if str(name).endswith((".yaml", ".yml")):
+        if is_file:
             raise NanochatError(f"mixture file not found: {path}")
+        known = ", ".join(sorted(p.stem for p in MIXTURES_DIR.glob("*.yaml")))
         raise NanochatError(f"unknown mixture {name!r}; choose one of: {known}, or give a path to a YAML file")
     mix = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     extra = OmegaConf.to_container(cfg.stage.task_options, resolve=True) if cfg.stage.get("task_options") else {}

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nanochat.config.app import CONF_DIR, detect_hardware, group_choices  # noqa: F401  (re-exported)
-from nanochat.config.command import fail  # noqa: F401  (re-exported)
-
 
 def source_options(data_cfg) -> tuple[str, dict]:
     """(source name, get_source options) from a `data=` config group (sample, fineweb_edu, local)."""

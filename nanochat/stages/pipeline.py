@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nanochat.common import NanochatError
 from nanochat.layout import RunFolder
-from nanochat.stages.cli import CONF_DIR
+from nanochat.config.app import CONF_DIR
 
 ROOT = CONF_DIR.parent
 TRAIN_STAGES = ("tokenizer", "base", "mid", "sft", "rl")
