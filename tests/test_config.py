@@ -171,8 +171,20 @@ def test_cfg_job_in_any_order(args):
     assert "depth: 8" in proc.stdout and "hardware:" in proc.stdout
 
 
-def test_multirun_with_cfg_is_one_line():
-    assert "Only one of" in one_error_line(cli("-m", "model.depth=4,8", "--cfg", "job"))
+def test_multirun_with_cfg_prints_every_sweep_job():
+    proc = cli("-m", "model.depth=4,6", "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr
+    assert "# sweep job 0: model.depth=4" in proc.stdout and "# sweep job 1: model.depth=6" in proc.stdout
+    assert proc.stdout.count("  depth: 4") == 1 and proc.stdout.count("  depth: 6") == 1
+    proc = cli("--cfg", "job", "-m", "stage=base,mid", "-p", "stage.name")
+    assert proc.returncode == 0 and proc.stdout.split() == ["#", "sweep", "job", "0:", "stage=base", "base",
+                                                            "#", "sweep", "job", "1:", "stage=mid", "mid"], proc.stdout
+    assert one_error_line(cli("-m", "model.depth=4,x", "--cfg", "job")).startswith("error: model.depth: 'x'")
+
+
+def test_pipeline_options_exist_only_for_the_pipeline():
+    assert train_cfg().pipeline is None
+    assert "unknown key" in one_error_line(cli("pipeline.base.num_iterations=1", "--cfg", "job"))
 
 
 def test_help_lists_keys_with_types_defaults_and_docs():

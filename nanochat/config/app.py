@@ -9,11 +9,14 @@ config error into one line and exit code 1.
 from __future__ import annotations
 
 import os
+import re
+import sys
 from pathlib import Path
 
 from nanochat.config.command import fail
 
 CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
+USER_GROUPS = ("stage", "hardware", "data", "logger", "experiment", "debug")  # what --help lists
 
 
 def detect_hardware() -> str:
@@ -43,12 +46,14 @@ def _help_node(config_name: str) -> dict:
     from nanochat.config.typed import help_table
 
     def table(cls, prefix):
-        return [line.replace("${", "<").replace("}", ">") for line in help_table(cls, prefix)]
+        return [re.sub(r"\$\{([^}]*)\}", r"<\1>", line) for line in help_table(cls, prefix)]  # no interpolation
 
     top = {"train": schema.TrainConfig, "evaluate": schema.EvaluateConfig, "serve": schema.ServeConfig}[config_name]
     lines = [f"python {config_name}.py [group=option ...] [key=value ...]   (Hydra: --cfg job, -m, --info, ...)", ""]
     if config_name == "train":
-        lines += ["== Config groups (group=option) ==", "$APP_CONFIG_GROUPS", ""]
+        lines += ["== Config groups (group=option) =="]
+        lines += [f"{g}: {', '.join(group_choices(g) + (['auto'] if g == 'hardware' else []))}" for g in USER_GROUPS]
+        lines += ["(a hardware profile also picks its model size, conf/size/, and per-stage budget, conf/budget/)", ""]
         lines += ["== Keys (key, type, default, doc); the chosen stage/hardware files may set other defaults,",
                   "   `python train.py <overrides> --cfg job` prints the composed values ==", ""]
         from dataclasses import fields as dc_fields
@@ -65,8 +70,8 @@ def _help_node(config_name: str) -> dict:
     else:
         lines += ["== Keys (key, type, default, doc) ==", ""] + table(top, "")
         if config_name == "evaluate":
-            lines += ["", "hardware=<profile> chooses the device: $APP_CONFIG_GROUPS"]
-    text = "\n".join(lines).replace("$", "$$").replace("$$APP_CONFIG_GROUPS", "$APP_CONFIG_GROUPS")
+            lines += ["", f"hardware=<profile> chooses the device: {', '.join(group_choices('hardware') + ['auto'])}"]
+    text = "\n".join(lines).replace("$", "$$")  # the help template is a string.Template
     return {"app_name": config_name, "header": "", "footer": "", "template": text}
 
 
@@ -84,6 +89,7 @@ def register(config_name: str) -> None:
         cs.store(group="schema/stage", name=name, node=cls)
     for name, cls in schema.DATA_SCHEMAS.items():
         cs.store(group="schema/data", name=name, node=cls)
+    cs.store(group="schema", name="pipeline", node=schema.PipelineOptions)
     detected = detect_hardware()
     if detected not in group_choices("hardware"):
         fail(f"NANOCHAT_HARDWARE={detected!r} is not a hardware profile; choose one of: "
@@ -122,7 +128,8 @@ def run(main, config_name: str) -> None:
     register(config_name)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # we print the error ourselves, as one line
     try:
-        main()
+        if not print_sweep_configs(config_name, sys.argv[1:]):
+            main()
     except MissingConfigException as e:
         options = getattr(e, "options", None)
         missing = str(getattr(e, "missing_cfg_file", "") or "")
@@ -135,10 +142,51 @@ def run(main, config_name: str) -> None:
     except ValueError as e:  # Hydra's override grammar and flag combinations
         text = str(e)
         if text.startswith("Only one of"):
-            fail(text.splitlines()[0] + " (Hydra: print a sweep job's config with --cfg job and no -m)")
+            fail(text.splitlines()[0])
         if any(w in text for w in ("mismatched input", "extraneous input", "no viable", "token recognition")):
             fail(text.splitlines()[0])
         raise
+
+
+def print_sweep_configs(config_name: str, argv: list[str]) -> bool:
+    """`-m ... --cfg job|hydra|all [--resolve]`: print every sweep job's config (Hydra itself refuses the pair).
+
+    Returns False (nothing done) unless both -m and --cfg are given; argv is only read.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # Hydra's own sweep expansion
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    flags = {"-m", "--multirun"}
+    if not flags & set(argv) or not {"-c", "--cfg"} & set(argv):
+        return False
+    overrides, what, resolve, package, i = [], "job", False, None, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-c", "--cfg", "-p", "--package") and i + 1 < len(argv):
+            what, package = (argv[i + 1], package) if arg in ("-c", "--cfg") else (what, argv[i + 1])
+            i += 1
+        elif arg == "--resolve":
+            resolve = True
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+        i += 1
+    if what not in ("job", "hydra", "all"):
+        fail(f"--cfg takes job, hydra or all (got {what!r})")
+    jobs = [job for batch in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
+            for job in batch]
+    for n, job in enumerate(jobs):
+        cfg = compose(config_name, job, return_hydra_config=what != "job")
+        if what == "hydra":
+            cfg = cfg.hydra
+        elif what == "job" and "hydra" in cfg:
+            del cfg["hydra"]
+        node = OmegaConf.select(cfg, package) if package else cfg
+        if resolve:
+            OmegaConf.resolve(cfg)
+        print(f"# sweep job {n}: {' '.join(job)}")
+        print(OmegaConf.to_yaml(node) if OmegaConf.is_config(node) else node, flush=True)
+    return True
 
 
 def compose(config_name: str, overrides: list[str] | tuple = (), return_hydra_config: bool = False):

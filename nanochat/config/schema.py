@@ -241,7 +241,8 @@ class TrainConfig:
     data: Any = MISSING
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     stage: Any = MISSING
-    pipeline: PipelineOptions = field(default_factory=PipelineOptions)  # stage=all: pipeline.<stage>.<key>=...
+    pipeline: Any = knob(None, "stage=all only: per-stage options pipeline.<stage>.<key>=value (conf/stage/all.yaml "
+                               "puts a typed PipelineOptions node here)")
 
 
 @dataclass

@@ -20,7 +20,7 @@ def validate(cfg) -> None:
     for key, cls in (("hardware", schema.HardwareConfig), ("model", schema.ModelConfig),
                      ("logger", schema.LoggerConfig), ("data", schema.DATA_SCHEMAS.get(cfg.data.name)),
                      ("stage", schema.STAGE_SCHEMAS.get(cfg.stage.name)), ("pipeline", schema.PipelineOptions)):
-        if cls is not None:
+        if cls is not None and cfg[key] is not None:
             check_ranges(cfg[key], cls, prefix=f"{key}.")
     from nanochat.lit.memfit import check_device_batch
     from nanochat.recipe import get_preset
