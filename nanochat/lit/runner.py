@@ -157,26 +157,50 @@ def finish(folder: RunFolder, model, tokenizer, summary: dict, meta_skip: tuple[
     return model_dir
 
 
-def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun]) -> dict:
-    """Plan, train, evaluate and export one training stage; `prepare(cfg, run_folder)` is the stage's part."""
-    out = run_dir(create=False)
-    hw, st = cfg.hardware, cfg.stage
+def begin(cfg: DictConfig) -> Path:
+    """Process set-up every training stage shares; returns the run folder Hydra chose (not created yet)."""
     for name in ("lightning.pytorch", "lightning.fabric"):  # Lightning has its own handler; Hydra's would repeat it
         logging.getLogger(name).propagate = False
-    if hw.get("num_threads"):
-        torch.set_num_threads(int(hw.num_threads))
+    if cfg.hardware.get("num_threads"):
+        torch.set_num_threads(int(cfg.hardware.num_threads))
+    return run_dir(create=False)
 
+
+def open_run(cfg: DictConfig, out: Path) -> tuple[RunFolder, str | None]:
+    """(run folder, checkpoint to resume or None), after checking the resume request and the device."""
+    folder = RunFolder(out)
+    ckpt_path = resolve_ckpt_path(cfg, folder.checkpoints)
+    hw = cfg.hardware
+    if hw.accelerator == "gpu" and not torch.cuda.is_available():
+        raise NanochatError(f"hardware={hw.name} needs a CUDA GPU but none is visible; use hardware=cpu or hardware=auto")
+    return folder, ckpt_path
+
+
+def make_trainer(cfg: DictConfig, folder: RunFolder, max_steps: int, callbacks: list, logger, **options) -> L.Trainer:
+    """The Lightning Trainer of every training stage: the profile's devices and precision, atomic checkpoints every
+    stage.save_every steps (+ last), one CSV/W&B logger; `options` are the stage's own Trainer arguments."""
+    hw = cfg.hardware
+    checkpoints = ModelCheckpoint(dirpath=str(folder.checkpoints), filename="step{step:06d}",
+                                  auto_insert_metric_name=False, every_n_train_steps=int(cfg.stage.save_every),
+                                  save_top_k=1, save_last=True)
+    return L.Trainer(
+        accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.num_nodes, strategy=hw.strategy,
+        precision=hw.precision, max_steps=max_steps, logger=logger, callbacks=[*callbacks, checkpoints],
+        plugins=[AtomicCheckpointIO()], default_root_dir=str(folder.path), num_sanity_val_steps=0,
+        log_every_n_steps=1, enable_model_summary=False, **options)
+
+
+def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun]) -> dict:
+    """Plan, train, evaluate and export one training stage; `prepare(cfg, run_folder)` is the stage's part."""
+    out = begin(cfg)
+    hw, st = cfg.hardware, cfg.stage
     run = prepare(cfg, out)
     plan, tokenizer = run.plan, run.tokenizer
     print(plan.describe(peak_flops=hw.peak_flops), flush=True)
     print(estimate_run(plan, hardware_of(cfg)), flush=True)
     if cfg.plan_only:  # before anything touches the run folder
         return {"plan": plan}
-    folder = RunFolder(out)
-    ckpt_dir = folder.checkpoints
-    ckpt_path = resolve_ckpt_path(cfg, ckpt_dir)
-    if hw.accelerator == "gpu" and not torch.cuda.is_available():
-        raise NanochatError(f"hardware={hw.name} needs a CUDA GPU but none is visible; use hardware=cpu or hardware=auto")
+    folder, ckpt_path = open_run(cfg, out)
     # memory fit: on CUDA probe real steps; everywhere check the estimate (an explicit size that cannot fit stops here)
     hardware = hardware_of(cfg)
     if "device_batch_size" in st:  # the stage's own rows per micro-batch (sft), not the profile's
@@ -188,7 +212,6 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
     print(fit.estimate.describe() + "\n" + fit.describe(), flush=True)
     if hw.accelerator == "gpu" and hw.compile:
         _point_triton_at_cuda_ptxas()
-    out.mkdir(parents=True, exist_ok=True)
     record_start(cfg, folder, tokenizer, run.init_from)
 
     L.seed_everything(cfg.seed, verbose=False)
@@ -204,19 +227,14 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
         samples,
         *([LearningRateMonitor(logging_interval="step")] if logger else []),
         StepProgressBar(plan.num_steps, stage=st.name),
-        ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step:06d}", auto_insert_metric_name=False,
-                        every_n_train_steps=st.save_every, save_top_k=1, save_last=True),
     ]
-    trainer = L.Trainer(
-        accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.num_nodes, strategy=hw.strategy,
-        precision=hw.precision, max_steps=plan.num_steps, accumulate_grad_batches=plan.grad_accum,
+    trainer = make_trainer(
+        cfg, folder, plan.num_steps, callbacks, logger, accumulate_grad_batches=plan.grad_accum,
         gradient_clip_val=plan.grad_clip or None,
         # eval_every <= 0 disables in-loop evaluation (the final evaluation below still runs)
         val_check_interval=eval_every * plan.grad_accum if eval_every > 0 else None,
         limit_val_batches=None if eval_every > 0 else 0,
-        check_val_every_n_epoch=None, num_sanity_val_steps=0,  # val length: the data module's val_tokens
-        logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
-        default_root_dir=str(out), log_every_n_steps=1, enable_model_summary=False,
+        check_val_every_n_epoch=None,  # val length: the data module's val_tokens
     )
     t0 = time.time()
     trainer.fit(module, datamodule=run.datamodule, ckpt_path=ckpt_path)

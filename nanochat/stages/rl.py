@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import statistics
 import time
 import warnings
@@ -21,7 +20,6 @@ import torch
 from omegaconf import DictConfig
 
 from nanochat.common import NanochatError
-from nanochat.stages.cli import run_dir
 
 # reference values (GPU) and the small CPU ones for the in-loop evaluation, when the config leaves them null
 EVAL_DEFAULTS = {"gpu": {"eval_every": 60, "eval_examples": 400}, "cpu": {"eval_every": 20, "eval_examples": 16}}
@@ -83,21 +81,14 @@ def describe(s, n_train: int, n_test: int) -> str:
 
 def run(cfg: DictConfig) -> dict:
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from nanochat.checkpoint import load_model
-    from nanochat.lit.callbacks import AtomicCheckpointIO
     from nanochat.lit.rl_module import RLModule, RLProgressBar, StepCounter
-    from nanochat.layout import RunFolder
-    from nanochat.lit.runner import finish, make_logger, record_start, resolve_ckpt_path, world_size
+    from nanochat.lit.runner import begin, finish, make_logger, make_trainer, open_run, record_start, world_size
     from nanochat.stages.chat_common import input_model
 
-    out = run_dir(create=False)
+    out = begin(cfg)
     hw, st = cfg.hardware, cfg.stage
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).propagate = False
-    if hw.get("num_threads"):
-        torch.set_num_threads(int(hw.num_threads))
     s = settings_from(cfg)
     if world_size(hw) > 1:
         raise NanochatError("stage=rl runs on one device (hardware.devices=1, hardware.num_nodes=1)")
@@ -112,11 +103,7 @@ def run(cfg: DictConfig) -> dict:
     if cfg.plan_only:
         return {"plan": plan}
 
-    ckpt_dir = RunFolder(out).checkpoints
-    ckpt_path = resolve_ckpt_path(cfg, ckpt_dir)
-    if hw.accelerator == "gpu" and not torch.cuda.is_available():
-        raise NanochatError(f"hardware={hw.name} needs a CUDA GPU but none is visible; use hardware=cpu")
-    folder = RunFolder(out)
+    folder, ckpt_path = open_run(cfg, out)
     record_start(cfg, folder, tokenizer, str(source))
 
     L.seed_everything(cfg.seed, verbose=False)
@@ -124,14 +111,8 @@ def run(cfg: DictConfig) -> dict:
     warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps.*")
     module = RLModule(plan, tokenizer, train_task, test_task, s, init_state=model.state_dict())
     del model
-    trainer = L.Trainer(
-        accelerator=hw.accelerator, devices=1, num_nodes=1, precision=hw.precision, max_steps=plan.num_steps,
-        logger=make_logger(cfg, out), plugins=[AtomicCheckpointIO()], default_root_dir=str(out),
-        callbacks=[RLProgressBar(plan.num_steps, stage="rl"),
-                   ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step:06d}", auto_insert_metric_name=False,
-                                   every_n_train_steps=int(st.save_every), save_top_k=1, save_last=True)],
-        limit_val_batches=0, num_sanity_val_steps=0, log_every_n_steps=1, enable_model_summary=False,
-    )
+    trainer = make_trainer(cfg, folder, plan.num_steps, [RLProgressBar(plan.num_steps, stage="rl")],
+                           make_logger(cfg, out), limit_val_batches=0)
     loader = torch.utils.data.DataLoader(StepCounter(plan.num_steps), batch_size=None, shuffle=False)
     t0 = time.time()
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
