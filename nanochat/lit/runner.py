@@ -62,6 +62,11 @@ def plan_overrides(cfg: DictConfig) -> dict:
     return out
 
 
+def token_batch(cfg: DictConfig, given: int | None = None) -> int:
+    """Tokens per optimizer step: `given` (a stage that derives it), else stage.total_batch_tokens, else the preset's."""
+    return given or cfg.stage.get("total_batch_tokens") or scaling.get_preset(cfg.model.preset).batch.total_batch_tokens
+
+
 def build_plan(cfg: DictConfig, vocab_size: int, model: GPTConfig | None = None, num_iterations: int | None = None,
                device_batch_size=None, **extra) -> scaling.Plan:
     """The run's plan: from the depth (base) or an existing model's config (later stages), plus every override.
@@ -77,7 +82,7 @@ def build_plan(cfg: DictConfig, vocab_size: int, model: GPTConfig | None = None,
     iters = st.num_iterations if num_iterations is None else num_iterations
     seq_len = model.sequence_len if model is not None else m.sequence_len
     if device_batch_size is None:
-        total = overrides.get("total_batch_tokens") or scaling.get_preset(m.preset).batch.total_batch_tokens
+        total = token_batch(cfg, extra.get("total_batch_tokens"))
         device_batch_size = planning_batch_size(hw.device_batch_size, total, seq_len, world_size(hw))
     common = dict(device_batch_size=device_batch_size, world_size=world_size(hw), num_iterations=iters,
                   target_flops=st.get("target_flops") or -1.0, preset=m.preset)

@@ -15,11 +15,9 @@ def validate(cfg) -> None:
     from nanochat.config import schema
     from nanochat.config.typed import check_ranges
 
-    plain = {k: cfg[k] for k in ("seed", "plan_only", "ckpt_path", "tokenizer_dir", "mixture")}
-    check_ranges(plain, schema.TrainConfig)
-    for key, cls in (("hardware", schema.HardwareConfig), ("model", schema.ModelConfig),
-                     ("logger", schema.LoggerConfig), ("data", schema.DATA_SCHEMAS.get(cfg.data.name)),
-                     ("stage", schema.STAGE_SCHEMAS.get(cfg.stage.name)), ("pipeline", schema.PipelineOptions)):
+    check_ranges(cfg, schema.TrainConfig)  # top-level keys and the typed groups (hardware, model, logger, paths)
+    for key, cls in (("data", schema.DATA_SCHEMAS.get(cfg.data.name)), ("stage", schema.STAGE_SCHEMAS.get(cfg.stage.name)),
+                     ("pipeline", schema.PipelineOptions)):
         if cls is not None and cfg[key] is not None:
             check_ranges(cfg[key], cls, prefix=f"{key}.")
     from nanochat.lit.memfit import check_device_batch

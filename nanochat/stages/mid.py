@@ -10,8 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from nanochat.lit.runner import StageRun, build_plan, run_training
-from nanochat.recipe import get_preset
+from nanochat.lit.runner import StageRun, build_plan, run_training, token_batch
 from nanochat.stages.chat_common import build_tasks, input_model, load_input, mean_tokens, mixture_name, steps_for
 
 
@@ -26,7 +25,7 @@ def prepare(cfg: DictConfig, out: Path) -> StageRun:
     steps = int(st.num_iterations)
     if steps <= 0:  # num_epochs over the mixture's tokens
         tokens = st.num_epochs * len(train) * mean_tokens(train, tokenizer)
-        steps = steps_for(tokens, st.total_batch_tokens or get_preset(cfg.model.preset).batch.total_batch_tokens)
+        steps = steps_for(tokens, token_batch(cfg))
     plan = build_plan(cfg, tokenizer.vocab_size, model=model_cfg, num_iterations=steps)
     val_steps = max(1, int(st.eval_tokens) // (plan.device_batch_size * seq_len * plan.world_size))
     dm = ChatDataModule(train, val, tokenizer, batch_size=plan.device_batch_size, seq_len=seq_len, layout="pack",

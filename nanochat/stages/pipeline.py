@@ -65,6 +65,7 @@ def stage_overrides(cfg: DictConfig, stage: str) -> list[str]:
 
 def check_stages(cfg: DictConfig, stages: list[str], common: list[str]) -> None:
     """Compose and check every stage's config before the first one starts: a bad per-stage value fails in seconds."""
+    from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from nanochat.config.app import compose
@@ -76,9 +77,7 @@ def check_stages(cfg: DictConfig, stages: list[str], common: list[str]) -> None:
             validate(compose("train", [*common, f"stage={stage}", *stage_overrides(cfg, stage)]))
         except NanochatError as e:
             raise NanochatError(f"pipeline.{stage}: {e}") from None
-        except (OmegaConfBaseException, Exception) as e:  # Hydra's composition errors
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                raise
+        except (HydraException, OmegaConfBaseException) as e:  # composition errors
             raise NanochatError(f"pipeline.{stage}: {one_line(e)}") from None
 
 
