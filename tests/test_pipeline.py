@@ -26,10 +26,10 @@ def pipeline_args(tmp_path):
     corpus = write_text_corpus(tmp_path / "corpus", n_files=4, words=600)
     args = {
         "stage": "all", "hardware": "cpu", "data": "local", "data.path": corpus, "data.val_fraction": 0.25,
-        "model.depth": 1, "model.sequence_len": 64, "hardware.device_batch_size": 4, "stage.total_batch_tokens": 256,
-        "stage.num_iterations": 3, "stage.eval_tokens": 256, "logger": "csv",
+        "model.depth": 1, "model.sequence_len": 64, "hardware.device_batch_size": 4, "logger": "csv",
         "data.tokenizer.vocab_size": 300, "data.tokenizer.max_chars": 50000,
-        "pipeline.base.save_every": 1,
+        "pipeline.base.total_batch_tokens": 256, "pipeline.base.num_iterations": 3, "pipeline.base.eval_tokens": 256,
+        "pipeline.base.save_every": 1, "pipeline.mid.total_batch_tokens": 256, "pipeline.mid.eval_tokens": 256,
         "pipeline.mid.mixture": mix, "pipeline.mid.num_iterations": 6,
         "pipeline.mid.save_every": 1, "pipeline.mid.eval_every": -1,
         "pipeline.sft.mixture": mix, "pipeline.sft.num_iterations": 2,
