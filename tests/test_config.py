@@ -212,3 +212,17 @@ def test_pipeline_bad_stage_value_fails_before_any_stage(tmp_path):
                                "NANOCHAT_OUTPUTS": str(tmp_path / "outputs")})
     assert one_error_line(proc).startswith("error: pipeline.sft.warmdown_ratio: 3.0 is out of range")
     assert not (tmp_path / "outputs" / "tokenizer").exists()  # nothing started
+
+
+def test_pipeline_plan_only_prints_every_stage_and_trains_nothing(tmp_path):
+    out = tmp_path / "outputs"
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "stage=all", "plan_only=true",
+                           "pipeline.base.num_iterations=200", "data.tokenizer.vocab_size=4096"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**__import__("os").environ, "NANOCHAT_HARDWARE": "cpu", "NANOCHAT_OUTPUTS": str(out)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "=== tokenizer: vocab 4,096" in proc.stdout
+    assert "vocab 4,096" in proc.stdout.split("=== base")[1]  # planned with the tokenizer the pipeline will train
+    assert "horizon    200 steps" in proc.stdout
+    assert "=== mid: starts from" in proc.stdout and "=== sft: starts from" in proc.stdout
+    assert not any(p.is_file() for p in out.rglob("*"))  # nothing trained, nothing written

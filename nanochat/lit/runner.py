@@ -37,7 +37,7 @@ class StageRun:
     """What a stage module hands the shared runner."""
 
     plan: scaling.Plan
-    datamodule: L.LightningDataModule
+    datamodule: L.LightningDataModule | None  # None only for a plan that is printed, never trained
     tokenizer: Any
     init_from: str | None = None  # model folder / .ckpt the weights start from (None = fresh init)
     sample_prompts: list[str] = field(default_factory=list)  # rendered with the tokenizer, greedy continuations

@@ -28,6 +28,9 @@ def prepare(cfg: DictConfig, out: Path) -> StageRun:
     run_tok = out / "tokenizer"
     if (run_tok / "tokenizer.pkl").exists() and cfg.ckpt_path is not None:
         tokenizer = Tokenizer.load(run_tok)
+    elif cfg.plan_only and cfg.tokenizer_dir and not Path(cfg.tokenizer_dir).exists():
+        # stage=all plan_only=true before its tokenizer exists: plan with the vocabulary it will be trained to
+        return StageRun(plan=build_plan(cfg, cfg.data.tokenizer.vocab_size), datamodule=None, tokenizer=None)
     else:
         tokenizer = get_tokenizer(cfg.tokenizer_dir)
     plan = build_plan(cfg, tokenizer.vocab_size)

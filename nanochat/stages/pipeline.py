@@ -111,9 +111,8 @@ def plan_all(cfg: DictConfig, stages: list[str], common: list[str], root: Path, 
             print(f"\n=== tokenizer: vocab {cfg.data.tokenizer.vocab_size:,} from up to {cfg.data.tokenizer.max_chars:,} "
                   f"characters of '{cfg.data.name}' -> {RunFolder.of('tokenizer', name, root).tokenizer}", flush=True)
             continue
-        tok = RunFolder.of("tokenizer", name, root).tokenizer
-        if stage == "base" and "tokenizer" in stages and (tok / "tokenizer.pkl").exists():
-            extra.append(f"tokenizer_dir={tok}")
+        if stage == "base" and "tokenizer" in stages:  # the tokenizer this pipeline trains (or will train)
+            extra.append(f"tokenizer_dir={RunFolder.of('tokenizer', name, root).tokenizer}")
         before = [s for s in stages[:i] if s != "tokenizer"]
         if before:
             source = RunFolder.of(before[-1], name, root)
