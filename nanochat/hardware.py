@@ -35,6 +35,8 @@ class HardwareConfig:
     strategy: str = knob("auto", "Lightning strategy (auto, ddp, ...)")
     precision: str = knob("32-true", "Lightning precision", choices=PRECISIONS)
     compile: bool = knob(False, "torch.compile the model for training")
+    fp8: bool = knob(False, "train the large Linear layers in fp8 (tensorwise scaling; needs sm_89+: H100, GB10); "
+                            "evaluation stays full precision, MFU stays against peak_flops")
     peak_flops: Optional[float] = knob(None, "peak FLOP/s per device: MFU and time estimates", low=0)
     device_batch_size: Any = knob(8, "rows per micro-batch per device (base, mid); auto = the largest that fits "
                                      "(probed on CUDA, estimated elsewhere)")

@@ -26,11 +26,13 @@ from nanochat.scaling import Plan
 
 
 class NanochatLM(L.LightningModule):
-    def __init__(self, plan: Plan, token_bytes: torch.Tensor, compile: bool = False, init_from: str | None = None):
+    def __init__(self, plan: Plan, token_bytes: torch.Tensor, compile: bool = False, init_from: str | None = None,
+                 fp8: bool = False):
         super().__init__()
         self.plan = plan
         self.config = plan.model
         self.compile_model = compile
+        self.fp8 = fp8  # train the large Linear layers in fp8 (nanochat.fp8); eval mode stays full precision
         self.init_from = init_from
         self.model: GPT | None = None
         self.register_buffer("token_bytes", token_bytes.clone().to(torch.int32), persistent=False)
@@ -47,6 +49,12 @@ class NanochatLM(L.LightningModule):
             from nanochat.checkpoint import load_state_dict
 
             model.load_state_dict(load_state_dict(self.init_from))
+        if self.fp8:  # before compile; same Parameters and state-dict keys, so checkpoints and export are unchanged
+            from nanochat.fp8 import convert_to_fp8, describe_conversion
+
+            converted = convert_to_fp8(model)
+            if self.global_rank == 0:
+                print(describe_conversion(model, converted), flush=True)
         if self.compile_model:
             # in-place compile keeps state_dict keys free of `_orig_mod.`
             model.compile(dynamic=False)
@@ -73,10 +81,9 @@ class NanochatLM(L.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer):
-        # Muon momentum warm-up (and the preset's weight-decay schedule); global_step = optimizer steps so far
+        # Muon momentum schedule (and the preset's weight-decay schedule); global_step = optimizer steps so far
         p = self.plan
-        update_muon_groups(optimizer, self.global_step, p.num_steps, warmup=p.optim.momentum_warmup,
-                           start=p.optim.momentum_start, end=p.optim.momentum_end)
+        update_muon_groups(optimizer, self.global_step, p.num_steps, **p.momentum_kwargs())
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, **self.plan.optimizer_kwargs())

@@ -62,9 +62,14 @@ def plan_overrides(cfg: DictConfig) -> dict:
     return out
 
 
-def token_batch(cfg: DictConfig, given: int | None = None) -> int:
-    """Tokens per optimizer step: `given` (a stage that derives it), else stage.total_batch_tokens, else the preset's."""
-    return given or cfg.stage.get("total_batch_tokens") or scaling.get_preset(cfg.model.preset).batch.total_batch_tokens
+def token_batch(cfg: DictConfig, given: int | None = None, model: GPTConfig | None = None) -> int:
+    """Tokens per optimizer step: `given` (a stage that derives it), else stage.total_batch_tokens, else the preset's;
+    `auto` is resolved for `model` (None = the config's model) by the plan's rule."""
+    value = given or cfg.stage.get("total_batch_tokens") or scaling.get_preset(cfg.model.preset).batch.total_batch_tokens
+    if value != scaling.AUTO:
+        return value
+    return build_plan(cfg, scaling.get_preset(cfg.model.preset).vocab_size, model=model, num_iterations=1,
+                      device_batch_size=scaling.AUTO).total_batch_tokens
 
 
 def build_plan(cfg: DictConfig, vocab_size: int, model: GPTConfig | None = None, num_iterations: int | None = None,
@@ -75,15 +80,14 @@ def build_plan(cfg: DictConfig, vocab_size: int, model: GPTConfig | None = None,
     (`auto`: the largest candidate, which the memory fit then lowers to what fits).
     """
     from nanochat.config.schema import model_switches
-    from nanochat.lit.memfit import planning_batch_size
+    from nanochat.lit.memfit import check_device_batch
 
     m, hw, st = cfg.model, cfg.hardware, cfg.stage
     overrides = {**plan_overrides(cfg), **extra}
     iters = st.num_iterations if num_iterations is None else num_iterations
-    seq_len = model.sequence_len if model is not None else m.sequence_len
     if device_batch_size is None:
-        total = token_batch(cfg, extra.get("total_batch_tokens"))
-        device_batch_size = planning_batch_size(hw.device_batch_size, total, seq_len, world_size(hw))
+        check_device_batch(hw.device_batch_size)
+        device_batch_size = hw.device_batch_size
     common = dict(device_batch_size=device_batch_size, world_size=world_size(hw), num_iterations=iters,
                   target_flops=st.get("target_flops") or -1.0, preset=m.preset)
     if model is not None:  # a trained model's architecture is fixed
@@ -220,7 +224,8 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
     record_start(cfg, folder, tokenizer, run.init_from)
 
     L.seed_everything(cfg.seed, verbose=False)
-    module = NanochatLM(plan, tokenizer.token_bytes(), compile=bool(hw.compile), init_from=run.init_from)
+    module = NanochatLM(plan, tokenizer.token_bytes(), compile=bool(hw.compile), init_from=run.init_from,
+                        fp8=bool(hw.fp8))
     throughput = ThroughputMFU(plan.flops_per_token, plan.total_batch_tokens, hw.peak_flops)
     samples = SampleGenerations(tokenizer, list(run.sample_prompts), every=st.sample_every,
                                 max_tokens=st.sample_tokens, chat=run.chat_samples)

@@ -21,10 +21,17 @@ def validate(cfg) -> None:
         if cls is not None and cfg[key] is not None:
             check_ranges(cfg[key], cls, prefix=f"{key}.")
     from nanochat.lit.memfit import check_device_batch
-    from nanochat.recipe import get_preset
+    from nanochat.recipe import check_batch_tokens, get_preset
 
     get_preset(cfg.model.preset)
     check_device_batch(cfg.hardware.device_batch_size)
+    check_batch_tokens(cfg.stage.get("total_batch_tokens"))
+    for name, options in (cfg.get("pipeline") or {}).items():  # an integer or auto, per stage
+        check_batch_tokens((options or {}).get("total_batch_tokens"), f"pipeline.{name}.total_batch_tokens")
+    if cfg.hardware.fp8:  # before anything is written; a plan for another machine checks only the profile
+        from nanochat.fp8 import check_fp8
+
+        check_fp8(cfg.hardware.accelerator, cfg.hardware.precision, check_device=not cfg.get("plan_only", False))
 
 
 def run_stage(cfg) -> dict:
