@@ -1,6 +1,7 @@
 """Where pretraining documents come from: `get_source(name, **cfg)` picks one of the sources by its name.
 
-* ``fineweb_edu`` - Karpathy's shuffled repack of FineWeb-EDU (`nanochat.fineweb`: shards, download, disk needs).
+* ``fineweb_edu``, ``climbmix`` - Karpathy's shuffled repacks of FineWeb-EDU and NVIDIA ClimbMix, parquet shards
+  on the hub (`nanochat.hub_shards`: shards, download, disk needs).
 * ``local`` - any folder (or single file) of parquet, jsonl or ``.txt`` documents (`nanochat.sources`).
 * ``sample`` - the offline corpus built from the Python standard library (`nanochat.sample_corpus`).
 
@@ -21,27 +22,25 @@ from typing import Any
 
 from nanochat.common import NanochatError
 from nanochat.dataset_cli import info, main
-from nanochat.fineweb import (FINEWEB_BASE_URL, FINEWEB_BYTES_PER_SHARD, FINEWEB_CHARS_PER_SHARD,
-                              FINEWEB_TOTAL_SHARDS, disk_needs, disk_needs_table, download_shard, download_shards,
-                              fineweb_dir, fineweb_source, params_for_depth, shard_name, shards_needed, verify_shard)
+from nanochat.hub_shards import (CLIMBMIX, FINEWEB_EDU, HUB_DATASETS, HubShards, disk_needs, disk_needs_table,
+                                 download_shard, download_shards, hub_dataset, hub_source, params_for_depth,
+                                 shard_name, shards_needed, verify_shard)
 from nanochat.sources import (GROUP_DOCS, SPLITS, Shard, Source, iter_texts, local_source, parquet_folder_source,
                               sample_source)
 
-__all__ = ["FINEWEB_BASE_URL", "FINEWEB_BYTES_PER_SHARD", "FINEWEB_CHARS_PER_SHARD", "FINEWEB_TOTAL_SHARDS",
-           "GROUP_DOCS", "SPLITS", "Shard", "Source", "disk_needs", "disk_needs_table", "download_shard",
-           "download_shards", "fineweb_dir", "fineweb_source", "get_source", "info", "iter_texts", "local_source",
-           "main", "parquet_folder_source", "params_for_depth", "sample_source", "shard_name", "shards_needed",
-           "verify_shard"]
+__all__ = ["CLIMBMIX", "FINEWEB_EDU", "GROUP_DOCS", "HUB_DATASETS", "HubShards", "SPLITS", "Shard", "Source",
+           "disk_needs", "disk_needs_table", "download_shard", "download_shards", "get_source", "hub_dataset",
+           "hub_source", "info", "iter_texts", "local_source", "main", "parquet_folder_source", "params_for_depth",
+           "sample_source", "shard_name", "shards_needed", "verify_shard"]
 
-_ALIASES = {"fineweb_edu": "fineweb_edu", "fineweb-edu": "fineweb_edu", "fineweb": "fineweb_edu",
-            "local": "local", "sample": "sample"}
+_ALIASES = {"local": "local", "sample": "sample"}
 
 
 def get_source(name: str, **cfg: Any) -> Source:
-    """Build a source from a config: name in {fineweb_edu, local, sample} plus that source's keyword options.
+    """Build a source from a config: name in {fineweb_edu, climbmix, local, sample} plus that source's options.
 
-    fineweb_edu: dir, num_shards, download, base_url, workers (or download_workers), total_shards, retries,
-                 backoff, timeout
+    fineweb_edu, climbmix: dir, num_shards, download, base_url, workers (or download_workers), total_shards,
+                 retries, backoff, timeout
     local:       path, val_fraction, val_file
     sample:      dir
     Unknown keys are an error; None values are ignored (so a Hydra group can list every key).
@@ -49,8 +48,8 @@ def get_source(name: str, **cfg: Any) -> Source:
     cfg = {k: v for k, v in cfg.items() if v is not None}
     kind = _ALIASES.get(str(name).lower())
     try:
-        if kind == "fineweb_edu":
-            return fineweb_source(**cfg)
+        if hub_dataset(name) is not None:
+            return hub_source(name, **cfg)
         if kind == "local":
             if "path" not in cfg:
                 raise NanochatError("data source 'local' needs path=<folder or file>")
@@ -59,7 +58,7 @@ def get_source(name: str, **cfg: Any) -> Source:
             return sample_source(**cfg)
     except TypeError as e:
         raise NanochatError(f"bad options for data source {name!r}: {e}") from e
-    raise NanochatError(f"unknown data source {name!r} (choose fineweb_edu, local or sample)")
+    raise NanochatError(f"unknown data source {name!r} (choose fineweb_edu, climbmix, local or sample)")
 
 
 if __name__ == "__main__":

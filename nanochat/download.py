@@ -1,6 +1,7 @@
 """The one downloader of nanochat: a file fetched over HTTP is either complete and verified, or it is not there.
 
-Used for the FineWeb-EDU shards (`nanochat.fineweb`) and the CORE eval bundle (`nanochat.core_bundle`).
+Used for the hub shard sets, FineWeb-EDU and ClimbMix (`nanochat.hub_shards`), and the CORE eval bundle
+(`nanochat.core_bundle`).
 
 The one idea: bytes collect in ``<dest>.partial`` (an interrupted transfer resumes it with an HTTP Range request),
 and only a body that has its announced size and passes the caller's `verify` check is renamed to ``dest``. A

@@ -9,7 +9,8 @@ fingerprint (file names, sizes, row-group layout) tells whether a saved cursor b
 * ``local_source`` - any folder (or single file) of parquet (``text`` column), jsonl (``text`` field) or ``.txt``
   files (one document per file).
 * ``sample_source`` - the offline corpus built from the Python standard library (`nanochat.sample_corpus`).
-* ``parquet_folder_source`` - explicit lists of parquet files (FineWeb-EDU is one: `nanochat.fineweb`).
+* ``parquet_folder_source`` - explicit lists of parquet files (the hub shard sets FineWeb-EDU and ClimbMix are:
+  `nanochat.hub_shards`).
 
 Pick a source by name with `nanochat.dataset.get_source`.
 """
@@ -237,10 +238,15 @@ class Source:
 
 
 def iter_texts(source: Source, split: str = "train", max_chars: int | None = None,
-               doc_cap: int | None = 10_000) -> Iterator[str]:
-    """Documents of a split in order, each capped at doc_cap chars, stopping once max_chars have been yielded."""
+               doc_cap: int | None = 10_000, shards_read: set[int] | None = None) -> Iterator[str]:
+    """Documents of a split in order, each capped at doc_cap chars, stopping once max_chars have been yielded.
+
+    `shards_read`, when given, collects the indices of the shards the documents came from.
+    """
     total = 0
-    for _, _, docs in source.iter_row_groups(split):
+    for si, _, docs in source.iter_row_groups(split):
+        if shards_read is not None:
+            shards_read.add(si)
         for doc in docs:
             if doc_cap is not None and len(doc) > doc_cap:
                 doc = doc[:doc_cap]

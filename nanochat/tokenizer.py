@@ -4,8 +4,9 @@
   `vocab_size` counts the special tokens too.
 - The 9 special tokens get the ids right after the mergeable ranks. User text is always
   encoded as ordinary text: a literal "<|bos|>" in a document never becomes a special id.
-- `save`/`load` use one folder: `tokenizer.pkl` (ranks, pattern, special tokens) and
-  `token_bytes.pt` (UTF-8 length of every token's decoded text, 0 for specials, for bits-per-byte).
+- `save`/`load` use one folder: `tokenizer.pkl` (ranks, pattern, special tokens, and `training_data`: which
+  data it was trained on, see `nanochat.provenance`) and `token_bytes.pt` (UTF-8 length of every token's
+  decoded text, 0 for specials, for bits-per-byte).
 """
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ class _SafeUnpickler(pickle.Unpickler):
 class Tokenizer:
     """BPE tokenizer with nanochat's special tokens; runtime is a `tiktoken.Encoding`."""
 
-    def __init__(self, mergeable_ranks: dict[bytes, int], pattern: str = SPLIT_PATTERN):
+    def __init__(self, mergeable_ranks: dict[bytes, int], pattern: str = SPLIT_PATTERN,
+                 training_data: dict | None = None):
         import tiktoken
 
         ranks = dict(mergeable_ranks)
@@ -91,6 +93,8 @@ class Tokenizer:
         except ValueError as e:
             raise NanochatError(f"invalid split pattern {pattern!r}: {e}") from None
         self._token_bytes = None
+        # what it was trained on (`nanochat.provenance`); None when unknown
+        self.training_data = dict(training_data) if isinstance(training_data, dict) else None
 
     # ------------------------------------------------------------------ construction
 
@@ -137,6 +141,8 @@ class Tokenizer:
             "special_tokens": list(SPECIAL_TOKENS),
             "mergeable_ranks": self._ranks,
         }
+        if self.training_data:
+            payload["training_data"] = self.training_data
         with atomic_path(directory / TOKENIZER_FILE) as tmp_pkl:
             with open(tmp_pkl, "wb") as f:
                 pickle.dump(payload, f, protocol=4)
@@ -160,13 +166,14 @@ class Tokenizer:
             if payload.get("special_tokens") != SPECIAL_TOKENS:
                 raise ValueError("special tokens differ from this version of nanochat")
             ranks, pattern = payload["mergeable_ranks"], payload["pattern"]
+            training_data = payload.get("training_data")
         except NanochatError:
             raise
         except Exception as e:  # truncated, garbage, wrong structure
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise NanochatError(f"corrupt tokenizer file {path}: {msg}") from None
         try:
-            return cls(ranks, pattern)
+            return cls(ranks, pattern, training_data)
         except NanochatError as e:
             raise NanochatError(f"corrupt tokenizer file {path}: {e}") from None
 
@@ -273,10 +280,10 @@ class Tokenizer:
         return cache[kind].clone()
 
     def __getstate__(self):
-        return {"mergeable_ranks": self._ranks, "pattern": self.pattern}
+        return {"mergeable_ranks": self._ranks, "pattern": self.pattern, "training_data": self.training_data}
 
     def __setstate__(self, state):
-        self.__init__(state["mergeable_ranks"], state["pattern"])
+        self.__init__(state["mergeable_ranks"], state["pattern"], state.get("training_data"))
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, pattern={self.pattern[:24]!r}...)"

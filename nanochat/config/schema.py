@@ -77,13 +77,25 @@ class SampleData(DataConfig):
 
 
 @dataclass
-class FinewebData(DataConfig):
-    num_shards: int = knob(120, "shards to download before training (d16 ~120, d20 ~240)", low=1)
-    base_url: str = knob("https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main",
-                         "where the shards are downloaded from")
-    dir: Optional[str] = knob(None, "shard folder (null = <NANOCHAT_BASE_DIR>/base_data)")
+class HubData(DataConfig):
+    """A parquet shard set on the hub (fineweb_edu, climbmix: `nanochat.hub_shards`); the last shard is validation."""
+
+    num_shards: int = knob(120, "training shards to download before training (FineWeb-EDU: d16 ~120, d20 ~240; "
+                                "ClimbMix: ~150 for GPT-2 capability)", low=1)
+    base_url: Optional[str] = knob(None, "where the shards are downloaded from (null = the data set's hub URL)")
+    dir: Optional[str] = knob(None, "shard folder (null = <NANOCHAT_BASE_DIR>/base_data, or base_data_climbmix)")
     download: bool = knob(True, "fetch missing shards (verified, resumable) before the stage starts")
     download_workers: int = knob(4, "parallel downloads", low=1)
+
+
+@dataclass
+class FinewebData(HubData):
+    pass
+
+
+@dataclass
+class ClimbmixData(HubData):
+    pass
 
 
 @dataclass
@@ -325,4 +337,4 @@ class ServeConfig:
     limits: ServeLimits = field(default_factory=ServeLimits)
 
 
-DATA_SCHEMAS = {"sample": SampleData, "fineweb_edu": FinewebData, "local": LocalData}
+DATA_SCHEMAS = {"sample": SampleData, "fineweb_edu": FinewebData, "climbmix": ClimbmixData, "local": LocalData}

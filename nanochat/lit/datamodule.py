@@ -13,7 +13,8 @@ import torch
 from nanochat.common import NanochatError
 from nanochat.dataloader import REFERENCE_BUFFER_DOCS, PackingLoader, reference_val_steps
 from nanochat.packing import check_packing
-from nanochat.dataset import Source, download_shards, get_source
+from nanochat.dataset import Source, get_source
+from nanochat.hub_shards import download_for
 
 
 class _TrainIterable:
@@ -49,8 +50,8 @@ class NanochatDataModule(L.LightningDataModule):
     """Packed pretraining batches from a `nanochat.dataset` source.
 
     Args:
-        source: a source name ("sample", "fineweb_edu", "local") or a built `Source`.
-        source_cfg: keyword options of the source (see `nanochat.dataset.get_source`); for fineweb_edu with
+        source: a source name ("sample", "fineweb_edu", "climbmix", "local") or a built `Source`.
+        source_cfg: keyword options of the source (see `nanochat.dataset.get_source`); for a hub shard set with
             download=True the shards are fetched in `prepare_data` (once per node).
         tokenizer: a nanochat Tokenizer; None loads the default one (`nanochat.tokenizer.get_tokenizer()`).
         batch_size, seq_len: device batch size and sequence length.
@@ -116,13 +117,8 @@ class NanochatDataModule(L.LightningDataModule):
     # -- Lightning hooks -----------------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        if self._source is None and self.source_cfg.get("download") and self.source_name.startswith("fineweb"):
-            cfg = dict(self.source_cfg)
-            if cfg.get("workers") is None and cfg.get("download_workers") is not None:
-                cfg["workers"] = cfg["download_workers"]  # the data config's name for it
-            keys = ("base_url", "workers", "retries", "backoff", "timeout", "total_shards")
-            download_shards(int(cfg["num_shards"]), directory=cfg.get("dir"),
-                            **{k: cfg[k] for k in keys if cfg.get(k) is not None})
+        if self._source is None:
+            download_for(self.source_name, self.source_cfg)  # hub shard sets with download=true (once per node)
 
     def setup(self, stage: str | None = None) -> None:
         _ = self.source  # build (and validate) the source early, with a clear error

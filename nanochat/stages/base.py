@@ -21,6 +21,7 @@ def default_packing(cfg: DictConfig) -> str:
 
 def prepare(cfg: DictConfig, out: Path) -> StageRun:
     from nanochat.lit.datamodule import NanochatDataModule
+    from nanochat.provenance import warn_if_other_data
     from nanochat.tokenizer import Tokenizer, get_tokenizer
 
     st = cfg.stage
@@ -36,6 +37,7 @@ def prepare(cfg: DictConfig, out: Path) -> StageRun:
     plan = build_plan(cfg, tokenizer.vocab_size)
     # the data module builds the source itself so a download happens once per node (prepare_data), not per rank
     source_name, source_cfg = source_options(cfg.data)
+    warn_if_other_data(tokenizer, source_name, source_cfg)  # one line; training on other data is allowed
     dm = NanochatDataModule(
         source=source_name, source_cfg=source_cfg, tokenizer=tokenizer, batch_size=plan.device_batch_size,
         seq_len=plan.seq_len, buffer_docs=cfg.data.loader.buffer_docs,

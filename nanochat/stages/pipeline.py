@@ -126,6 +126,7 @@ def plan_all(cfg: DictConfig, stages: list[str], common: list[str], root: Path, 
 
 
 def run(cfg: DictConfig) -> dict:
+    from nanochat.hub_shards import hub_dataset
     from nanochat.layout import outputs_root
 
     st = cfg.stage
@@ -142,11 +143,13 @@ def run(cfg: DictConfig) -> dict:
         return plan_all(cfg, stages, common, root, name)
     t0 = time.time()
     downloader = None
-    if cfg.data.name.startswith("fineweb") and cfg.data.get("download") and "tokenizer" in stages:
-        cmd = [python, "-m", "nanochat.dataset", "download", f"n={cfg.data.num_shards}"]
-        if cfg.data.get("dir"):
-            cmd.append(f"dir={cfg.data.dir}")
-        print(f"downloading {cfg.data.num_shards} FineWeb-EDU shards in the background", flush=True)
+    hub = hub_dataset(cfg.data.name)
+    if hub is not None and cfg.data.get("download") and "tokenizer" in stages:
+        cmd = [python, "-m", "nanochat.dataset", "download", f"data={hub.name}", f"n={cfg.data.num_shards}"]
+        for key in ("dir", "base_url"):
+            if cfg.data.get(key):
+                cmd.append(f"{key}={cfg.data[key]}")
+        print(f"downloading {cfg.data.num_shards} {hub.title} shards in the background", flush=True)
         downloader = subprocess.Popen(cmd, cwd=ROOT)
     previous: Path | None = None
     summaries = {}
