@@ -189,7 +189,7 @@ class DiskEstimate:
 
     def describe(self) -> str:
         basis = (f"the mean of {self.measured_from} shard{'s' * (self.measured_from != 1)} on disk"
-                 if self.measured_from else "planning figure: ~250M chars, zstd")
+                 if self.measured_from else "the estimate for ~250M chars, zstd-compressed")
         return (f"{self.title}: {self.shards} shard{'s' * (self.shards != 1)} to fetch into {self.folder}, about "
                 f"{self.need_bytes / 1e9:.2f} GB ({self.bytes_per_shard / 1e6:.0f} MB per shard, {basis}); "
                 f"{self.free_bytes / 1e9:.1f} GB free")

@@ -22,7 +22,8 @@ def test_help_lists_commands_and_keys():
     assert proc.returncode == 0 and proc.stderr == ""
     out = proc.stdout
     assert out.startswith("usage: python -m nanochat.dataset <command> [key=value ...]")
-    for word in ("download", "info", "sample", "n ", "dir ", "base_url", "workers", "retries", "total_shards"):
+    for word in ("download", "info", "sample", "data ", "climbmix", "n ", "dir ", "base_url", "workers", "retries",
+                 "total_shards"):
         assert word in out
 
 
@@ -31,6 +32,7 @@ def test_help_lists_commands_and_keys():
     (["download"], "error: download needs n=<number of training shards> (see --help)"),
     (["download", "n=-1"], "error: n: -1 is out of range; expected a value >= 0"),
     (["frobnicate"], "error: command: 'frobnicate' is not allowed; expected one of: download, info, sample"),
+    (["download", "n=1", "data=pile"], "error: data: 'pile' is not allowed; expected one of: fineweb_edu, climbmix"),
     (["info", "colour=red"], "error: colour: unknown key (see --help for the keys)"),
     ([], "error: command must be given (see --help)"),
 ])
@@ -44,6 +46,14 @@ def test_info_in_process(tmp_path, capsys):
     assert main(["info", f"dir={tmp_path}", "total_shards=6"]) == 0
     out = capsys.readouterr().out
     assert f"fineweb_edu: {tmp_path}: 0 training shards, validation shard missing" in out and "| d20 |" in out
+
+
+def test_info_lists_every_hub_data_set(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path))
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"fineweb_edu: {tmp_path / 'base_data'}: 0 training shards" in out
+    assert f"climbmix: {tmp_path / 'base_data_climbmix'}: 0 training shards, validation shard missing" in out
 
 
 def test_data_core_imports_without_hydra():

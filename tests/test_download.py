@@ -2,7 +2,8 @@
 misbehaves on purpose.
 
 Every shard must end verified or absent (never half), Range resumes must really resume, permanent errors must
-not be retried, and the per-file lock must prevent a second fetch. `Server` is also used by test_core_eval.
+not be retried, and the per-file lock must prevent a second fetch. `Server` is also used by test_core_eval and
+test_climbmix.
 """
 from __future__ import annotations
 
@@ -37,9 +38,12 @@ def make_shard(seed: int, column: str = "text") -> bytes:
 
 
 class Server:
-    """Serves `files`; `plan[name]` is a list of behaviours used one per request (then "ok")."""
+    """Serves `files` under `prefix` (any other path is a 404); `plan[name]` is a list of behaviours used one per
+    request (then "ok")."""
 
-    def __init__(self):
+    def __init__(self, prefix: str = "/data"):
+        self.prefix = prefix
+        self.paths: list[str] = []
         self.files: dict[str, bytes] = {}
         self.plan: dict[str, list[str]] = {}
         self.always: dict[str, str] = {}
@@ -57,12 +61,13 @@ class Server:
                 name = self.path.rsplit("/", 1)[-1]
                 rng_header = self.headers.get("Range")
                 with outer.lock:
+                    outer.paths.append(self.path)
                     outer.log.append((name, rng_header))
                     queue = outer.plan.get(name) or []
                     mode = queue.pop(0) if queue else outer.always.get(name, "ok")
                 if mode == "slow":
                     time.sleep(0.4)
-                if mode == "404" or name not in outer.files:
+                if mode == "404" or name not in outer.files or self.path != f"{outer.prefix}/{name}":
                     return self._error(404)
                 if mode == "503":
                     return self._error(503)
@@ -102,7 +107,7 @@ class Server:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/data"
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}{prefix}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
@@ -302,26 +307,3 @@ def test_cli(server, tmp_path, capsys):
     assert proc.returncode == 1
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
     assert len(lines) == 1 and "404" in lines[0], proc.stderr
-
-
-def test_base_stage_fetches_what_the_run_needs(server, tmp_path):
-    """data=fineweb_edu through train.py: the data module downloads the configured shards (+ validation), then
-    trains on them."""
-    from nanochat.tokenizer import Tokenizer
-    from tests.helpers import run_train
-
-    Tokenizer.byte_level().save(tmp_path / "tok")
-    shards = tmp_path / "shards"
-    args = [f"{k}={v}" for k, v in {
-        "hardware": "cpu", "data": "fineweb_edu", "data.base_url": server.url, "data.dir": shards,
-        "data.num_shards": 2, "+data.total_shards": 6, "+data.retries": 2, "+data.backoff": 0.001,
-        "tokenizer_dir": tmp_path / "tok", "model.depth": 1, "model.sequence_len": 64,
-        "hardware.device_batch_size": 2, "stage.total_batch_tokens": 128, "stage.num_iterations": 2,
-        "stage.eval_every": 2, "stage.eval_tokens": 128, "stage.sample_every": 0, "logger": "none",
-        "hydra.run.dir": tmp_path / "run",
-    }.items()]
-    proc = run_train(args, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in shards.glob("*.parquet")) == [shard_name(0), shard_name(1), shard_name(5)]
-    assert_clean(shards)
-    assert (tmp_path / "run" / "model" / "model.pt").exists()
