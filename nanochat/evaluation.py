@@ -116,7 +116,7 @@ def run_evaluations(spec: str | None, evals: list[str] | None = None, max_per_ta
                     if core["core"] is None:
                         raise NanochatError("no CORE task could be scored: " + "; ".join(
                             f"{k}: {v.get('error')}" for k, v in core["tasks"].items()))
-                    results[name] = {"score": core["core"], "tasks": core["tasks"]}
+                    results[name] = {"score": core["core"], "prompts": core["prompts"], "tasks": core["tasks"]}
                 elif name == "bpb":
                     results[name] = _bpb(model, tokenizer, bpb_options or {}, device, path)
                 else:
@@ -148,6 +148,12 @@ def run_evaluations(spec: str | None, evals: list[str] | None = None, max_per_ta
             "results": results, "failed": failed}
 
 
+def core_prompts_label(mode) -> str:
+    """How CORE's prompts were given to the model (eval.json's results.core.prompts), for people."""
+    return {"full": "full (whole few-shot prompts, as the reference)",
+            "crop": "crop (each prompt cut to the model's context; not the reference's CORE)"}.get(mode, "unknown")
+
+
 def to_markdown(record: dict) -> str:
     lines = [f"# Evaluation: {record['stage']} model", "", f"model: `{record['model']}`", "",
              "| evaluation | score |", "|---|---|"]
@@ -157,11 +163,12 @@ def to_markdown(record: dict) -> str:
         lines.append(f"| {name} | failed: {reason} |")
     core = record["results"].get("core")
     if core:
-        lines += ["", "| CORE task | accuracy | centered |", "|---|---|---|"]
+        lines += ["", f"CORE prompts: {core_prompts_label(core.get('prompts'))}", "",
+                  "| CORE task | accuracy | centered | cropped prompts |", "|---|---|---|---|"]
         for label, t in core["tasks"].items():
             acc = "-" if t.get("accuracy") is None else f"{t['accuracy']:.4f}"
             cen = "-" if t.get("centered") is None else f"{t['centered']:.4f}"
-            lines.append(f"| {label} | {acc} | {cen} |")
+            lines.append(f"| {label} | {acc} | {cen} | {t.get('cropped', '-')} |")
     return "\n".join(lines) + "\n"
 
 

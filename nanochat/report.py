@@ -140,6 +140,9 @@ def _eval_lines(run: Run) -> list[str]:
     lines = [f"Evaluation (`{_FILES.eval_json.name}`, {_duration(run.evals.get('seconds'))}):", "",
              "| metric | score |", "|---|---|"]
     labels = {key: label for label, key in TABLE} | {"bpb": "bits per byte", "spellingbee": "SpellingBee"}
+    mode = dig(results, "core.prompts")  # how CORE's few-shot prompts were run (older records: not said)
+    if mode in ("full", "crop"):
+        labels["core"] += " (full prompts)" if mode == "full" else " (prompts cropped to the context)"
     lines += [f"| {labels.get(name, name)} | {_f(run.score(name))} |" for name in results]
     core_tasks = dig(results, "core.tasks")
     if isinstance(core_tasks, dict) and core_tasks:

@@ -260,6 +260,8 @@ class TrainConfig:
 @dataclass
 class CoreOptions:
     bundle_dir: Optional[str] = knob(None, "CORE eval bundle folder (null = <NANOCHAT_BASE_DIR>/eval_bundle)")
+    prompts: str = knob("full", "full = whole few-shot prompts, as the reference scores CORE; crop = keep each "
+                                "prompt's last <context> tokens", choices=("full", "crop"))
 
 
 @dataclass
