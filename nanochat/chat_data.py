@@ -1,6 +1,6 @@
 """Chat batches for mid-training and SFT: conversations -> (inputs, targets) rows with an exact cursor.
 
-Two layouts, one idea: a target is -1 wherever nothing should be learned (padding, and - when masking is on -
+Three layouts, one idea: a target is -1 wherever nothing should be learned (padding, and - when masking is on -
 every token the assistant did not write), so the training step is the same as pretraining's.
 
 - `pack` (mid-training): BOS-aligned best-fit packing of whole conversations into rows of seq_len + 1 tokens,
@@ -12,6 +12,11 @@ every token the assistant did not write), so the training step is the same as pr
   step) and each carries the number of supervised targets of its whole step, so the loss can be normalised
   by it (see nanochat.lit.module). Within a step the conversations are sorted by length before they are cut
   into micro-batches, which removes most of the padding without changing the step's gradient.
+- `bestfit` (SFT as the reference trains it since 2026): the `pack` rows - best fit of whole conversations into
+  BOS-aligned rows, the rest of a row padded when nothing fits - but a conversation longer than a row is
+  truncated to it (counted) rather than split, so every row starts at a conversation's start; the reference
+  crops at render time to the same effect. Batches come in optimizer steps with the step's supervised-target
+  count, as in `pad`.
 
 Conversations are taken in the task's order (a TaskMixture is already shuffled), rank r of w takes every w-th
 one, and the order repeats each epoch. The cursor (epoch, next index, the buffer's contents) is plain data;
@@ -26,7 +31,9 @@ import torch
 
 from nanochat.common import NanochatError
 
-LAYOUTS = ("pack", "pad")
+LAYOUTS = ("pack", "pad", "bestfit")
+STEP_LAYOUTS = ("pad", "bestfit")  # batches carry their optimizer step's supervised-target count
+REFERENCE_SFT_BUFFER = 100  # conversations the reference's SFT packer keeps to choose from
 
 
 class ChatLoader:
@@ -39,7 +46,7 @@ class ChatLoader:
             raise NanochatError(f"the chat data has {len(task)} conversations, fewer than the {world_size} ranks")
         self.task, self.tokenizer = task, tokenizer
         self.batch_size, self.seq_len, self.layout, self.mask = batch_size, seq_len, layout, mask
-        self.rank, self.world_size, self.accum = rank, world_size, max(1, accum) if layout == "pad" else 1
+        self.rank, self.world_size, self.accum = rank, world_size, max(1, accum) if layout in STEP_LAYOUTS else 1
         self.buffer_size, self.max_batches, self.epochs = buffer_size, max_batches, epochs
         self.bos = tokenizer.bos_token_id
         self._start = dict(cursor) if cursor else {"epoch": 0, "index": 0, "buffer": [], "batches": 0}
@@ -79,7 +86,7 @@ class ChatLoader:
         """(ordinal, piece, ids, mask) items of one conversation, each at most a row long."""
         ids, mask = self._render(ordinal)
         row = self.seq_len + 1
-        if self.layout == "pad" or len(ids) <= row:
+        if self.layout != "pack" or len(ids) <= row:  # pad, bestfit: one row at most, truncated
             if len(ids) > row:
                 self.stats["truncated"] += 1
             return [(ordinal, 0, ids[:row], mask[:row])]
@@ -100,9 +107,10 @@ class ChatLoader:
 
     # -- rows ---------------------------------------------------------------------------------------------------
     def _row(self, ids: list[int], mask: list[int], width: int) -> tuple[list[int], list[int]]:
-        """inputs and targets of one row, padded to width (targets -1 where nothing is learned)."""
+        """inputs and targets of one row, padded to width with BOS (targets -1 where nothing is learned); the
+        inputs keep a padded row's last token, as the reference's rows do (its prediction is never learned)."""
         n = len(ids)
-        inputs = ids[:-1] + [self.bos] * (width - (n - 1))
+        inputs = (ids + [self.bos] * (width - (n - 1)))[:width]
         targets = [t if (m or not self.mask) else -1 for t, m in zip(ids[1:], mask[1:])] + [-1] * (width - (n - 1))
         self.stats["padded_positions"] += width - (n - 1)
         self.stats["positions"] += width
@@ -170,19 +178,24 @@ class ChatLoader:
                 self._remember(st, buffer)
                 yield (torch.tensor([b[0] for b in batch]), torch.tensor([b[1] for b in batch]))
             return
-        rows = self._pad_rows(source, buffer)
+        packed = self.layout == "bestfit"
+        rows = self._pack_rows(st, source, buffer) if packed else self._pad_rows(source, buffer)
+        per_step = self.accum * self.batch_size
         while self.max_batches is None or st["batches"] < self.max_batches:
-            convs = [r for _, r in zip(range(self.accum * self.batch_size), rows)]
-            if len(convs) < self.accum * self.batch_size:
+            items = [r for _, r in zip(range(per_step), rows)]
+            if len(items) < per_step:  # a finite pass drops its incomplete last step
                 return
-            # the step's conversations sorted by length before they are split into micro-batches: the same
-            # gradient (the loss is normalised over the whole step) with far less padding
-            convs.sort(key=lambda r: len(r[0]))
-            step = []
-            for k in range(self.accum):
-                batch = convs[k * self.batch_size:(k + 1) * self.batch_size]
-                width = max(len(ids) for ids, _ in batch) - 1
-                step.append([self._row(ids, mask, width) for ids, mask in batch])
+            if packed:  # rows of seq_len already, in packing order
+                step = [items[k * self.batch_size:(k + 1) * self.batch_size] for k in range(self.accum)]
+            else:
+                # the step's conversations sorted by length before they are split into micro-batches: the same
+                # gradient (the loss is normalised over the whole step) with far less padding
+                items.sort(key=lambda r: len(r[0]))
+                step = []
+                for k in range(self.accum):
+                    batch = items[k * self.batch_size:(k + 1) * self.batch_size]
+                    width = max(len(ids) for ids, _ in batch) - 1
+                    step.append([self._row(ids, mask, width) for ids, mask in batch])
             step_targets = sum(sum(t >= 0 for t in row[1]) for batch in step for row in batch)
             for batch in step:
                 if self.max_batches is not None and st["batches"] >= self.max_batches:

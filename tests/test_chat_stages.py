@@ -44,7 +44,7 @@ def test_pack_layout_best_fit_rows_by_hand():
         assert inputs[0] == BOS  # rows are BOS-aligned
         assert inputs[: len(row) - 1] == row[:-1] and targets[: len(row) - 1] == row[1:]
         assert all(t == -1 for t in targets[len(row) - 1:])  # padding is never learned
-        assert all(t == BOS for t in inputs[len(row) - 1:])
+        assert inputs[len(row) - 1] == row[-1] and all(t == BOS for t in inputs[len(row):])
 
 
 def test_pack_layout_splits_long_conversations_and_counts_them():
@@ -73,7 +73,7 @@ def test_masking_keeps_only_assistant_targets():
     assert int(n) == 3
 
 
-@pytest.mark.parametrize("layout", ["pack", "pad"])
+@pytest.mark.parametrize("layout", ["pack", "pad", "bestfit"])
 def test_chat_loader_resumes_exactly(layout):
     import random
 

@@ -174,11 +174,14 @@ class MidStage(Cadence, TrainCommon, BatchSettings):
 
 
 @dataclass
-class SftStage(Cadence, TrainCommon):
+class SftStage(Cadence, TrainCommon, BatchSettings):
+    """A mixture with a `recipe` (sft2026) sets these keys too; a key the run sets itself wins over it."""
+
     task_options: TaskOptions = field(default_factory=TaskOptions)
     num_epochs: float = knob(1.0, "passes over the mixture (when num_iterations <= 0)", low=1e-9)
-    examples_per_step: int = knob(32, "conversations per optimizer step (all devices)", low=1)
-    device_batch_size: int = knob(4, "conversations per micro-batch", low=1)
+    examples_per_step: int = knob(32, "conversations per optimizer step, all devices (one-per-row mixtures)", low=1)
+    device_batch_size: int = knob(4, "rows per micro-batch (a packed mixture like sft2026 takes the input "
+                                     "model's run's unless set)", low=1)
     eval_batches: int = knob(8, "held-out micro-batches per evaluation", low=1)
 
 

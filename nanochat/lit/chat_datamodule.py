@@ -16,9 +16,11 @@ class ChatDataModule(NanochatDataModule):
 
     Args:
         train, val: tasks (indexable conversations), already built; val may be None (no validation).
-        layout: "pack" (mid-training) or "pad" (SFT); see nanochat.chat_data.
+        layout: "pack" (mid-training), "pad" (SFT, one conversation per row) or "bestfit" (SFT, packed rows);
+            see nanochat.chat_data.
         mask: targets only on what the assistant writes (always on for SFT; a switch for mid-training).
         accum: micro-batches per optimizer step (SFT: each batch carries its step's supervised-target count).
+        buffer_size: conversations the packer chooses from (pack, bestfit).
         val_steps: validation batches per run (identical on every rank).
     """
 
