@@ -3,7 +3,7 @@
 The tasks and their rows come from the eval bundle (`nanochat.core_bundle`: task list, rows shuffled with
 ``random.Random(1337)`` and cut to `max_per_task`). Example i gets ``random.Random(1234 + i).sample`` of the
 other rows as its few-shot examples; a task with fewer rows than its few-shot count + 1 is an error naming the
-task. Every prompt starts with <|bos|> and is tokenized whole, so the boundary between prompt and answer lies
+task (the reference fails there too, inside ``random.sample``). Every prompt starts with <|bos|> and is tokenized whole, so the boundary between prompt and answer lies
 wherever the tokenizer puts it; the scored tokens are found in token space:
 
 - multiple_choice: one prompt per choice ``fewshot + query + delimiter + choice`` (each shot
@@ -28,12 +28,13 @@ Task accuracy is centered as ``(acc - b) / (1 - b)`` with b = random baseline / 
   sees more than it was trained on. The span keeps at least one token of context. Not the reference's CORE.
 
 What differs from the reference (``nanochat/core_eval.py`` and ``scripts/base_eval.py`` at 92d63d4), checked
-example for example against it on the shared task files; none of it changes a score in full mode:
+example for example against it on the shared task files; with ``batch_size=1`` none of it changes a score in
+full mode:
 
 - Speed: `batch_size` examples share one right-padded forward pass (BOS as padding, which a causal model never
-  attends to); lm_head losses are taken only at the scored positions. The numbers are the same math, but a
+  attends to), and losses are computed only at the scored positions. The numbers are the same math, but a
   float kernel may round differently for another batch shape, which can flip an exact near-tie; with
-  ``batch_size=1`` the model gets the reference's own tensors.
+  ``batch_size=1`` the model gets the reference's own tensors (one example, padded to its longest row).
 - Accuracy is ``correct / n`` in float64; the reference takes a float32 mean (the figures differ below 1e-7).
 - Bad data fails one task, not the run: a row that does not fit its type's schema (the reference would raise a
   KeyError mid-task or index with a bad gold) makes its task "failed" and CORE is the mean of the others. Blank

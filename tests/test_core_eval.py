@@ -293,6 +293,22 @@ def test_core_over_a_hand_bundle(tmp_path):
     assert list(evaluate_core(BigramModel(), TOK, bundle, progress=False, tasks=["lm"])["tasks"]) == ["lm"]
 
 
+def test_eval_md_and_the_report_say_which_prompts_were_used(tmp_path):
+    from nanochat.evaluation import to_markdown
+    from nanochat.report import _eval_lines
+    from nanochat.report_runs import Run
+    from tests.test_report import write_run
+
+    core = {"score": 0.1, "prompts": "crop", "tasks": {"copa": {"accuracy": 0.5, "centered": 0.0, "n": 4,
+                                                                "cropped": 2}}}
+    md = to_markdown({"stage": "base", "model": "m", "results": {"core": core}, "failed": {}})
+    assert "CORE prompts: crop (each prompt cut to the model's context" in md and "| copa | 0.5000 | 0.0000 | 2 |" in md
+    run = Run.load(write_run(tmp_path, "base", "d2", evals={"core": core}), "base")
+    assert "| CORE (prompts cropped to the context) | 0.1000 |" in _eval_lines(run)
+    run = Run.load(write_run(tmp_path, "base", "d3", evals={"core": {**core, "prompts": "full"}}), "base")
+    assert "| CORE (full prompts) | 0.1000 |" in _eval_lines(run)
+
+
 def test_shuffle_and_cut(tmp_path):
     rows = [{"context": str(i), "continuation": "x"} for i in range(30)]
     bundle = write_bundle(tmp_path / "b", {"lm": rows})
