@@ -153,6 +153,35 @@ def test_fp8_model_loss_and_gradients_track_fp32():
         assert cos > 0.98, (name, cos.item())
 
 
+@needs_cpu_fp8
+def test_lightning_trains_in_fp8_and_validates_in_full_precision(monkeypatch):
+    import lightning as L
+
+    import nanochat.fp8
+    from nanochat.lit.module import NanochatLM
+
+    calls = []
+    real = nanochat.fp8.Fp8Matmul.apply
+    monkeypatch.setattr(nanochat.fp8.Fp8Matmul, "apply", lambda *a: calls.append(1) or real(*a))
+    cfg = scaling.model_config(2, vocab_size=512, seq_len=32, head_dim=64)
+    plan = scaling.plan(cfg, device_batch_size=2, total_batch_tokens=64, num_iterations=2)
+    module = NanochatLM(plan, torch.ones(512, dtype=torch.int32), fp8=True)
+    rows = torch.randint(0, 512, (2, 33), generator=torch.Generator().manual_seed(0))
+
+    class Data:  # an iterable (a list would read as several loaders)
+        def __iter__(self):
+            return iter([(rows[:, :-1], rows[:, 1:])] * 2)
+
+    data = Data()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0)
+    trainer.fit(module, train_dataloaders=data)
+    assert trainer.global_step == 2 and len(calls) == 2 * 13  # every eligible layer, every training forward
+    trainer.validate(module, dataloaders=data, verbose=False)
+    assert len(calls) == 26  # validation ran the same layers in full precision
+
+
 # -- refusal -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("accelerator, devices, says", [
     ("cpu", None, "accelerator=cpu"),
