@@ -146,19 +146,20 @@ def test_iter_texts_caps(tmp_path):
     assert list(iter_texts(src, "val")) == ["val"]
 
 
-def test_fineweb_source_needs_shards(tmp_path):
-    with pytest.raises(NanochatError, match="nanochat.dataset download"):
-        get_source("fineweb_edu", dir=str(tmp_path))
+@pytest.mark.parametrize("name,title", [("fineweb_edu", "FineWeb-EDU"), ("climbmix", "ClimbMix")])
+def test_hub_source_needs_shards(tmp_path, name, title):
+    with pytest.raises(NanochatError, match=f"no {title} shards .*nanochat.dataset download data={name} n=1"):
+        get_source(name, dir=str(tmp_path))
     for i in (0, 1, 3):
         write_parquet(tmp_path / shard_name(i), docs_for(str(i), 3))
-    with pytest.raises(NanochatError, match="validation shard"):
-        get_source("fineweb_edu", dir=str(tmp_path), total_shards=5)
+    with pytest.raises(NanochatError, match=f"{title} validation shard shard_00004.parquet missing"):
+        get_source(name, dir=str(tmp_path), total_shards=5)
     write_parquet(tmp_path / shard_name(4), docs_for("4", 3))  # gap at 2: only 0..1 are usable by default
-    src = get_source("fineweb_edu", dir=str(tmp_path), total_shards=5)
-    assert [p.name for p in src.files("train")] == [shard_name(0), shard_name(1)]
+    src = get_source(name, dir=str(tmp_path), total_shards=5)
+    assert src.name == name and [p.name for p in src.files("train")] == [shard_name(0), shard_name(1)]
     assert src.files("val") == [tmp_path / shard_name(4)]
     with pytest.raises(NanochatError, match="missing"):
-        get_source("fineweb_edu", dir=str(tmp_path), total_shards=5, num_shards=3)
+        get_source(name, dir=str(tmp_path), total_shards=5, num_shards=3)
 
 
 def test_shard_arithmetic():
