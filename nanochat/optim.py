@@ -14,12 +14,18 @@ orthogonal matrix of the same shape (5 quintic iterations in bf16), scaled by ma
 Optional (Jan-2026): variance reduction in the style of NorMuon (a running second moment per row or column of
 the orthogonalised update, renormalised to keep the update's Frobenius norm), and cautious weight decay (decay
 only the entries where the update and the weight have the same sign).
+Optional (July 2026): MuonEq row equilibration before orthogonalising (every row scaled to the root-mean-square
+row norm, so the spectrum is better conditioned), the polar-express input divided by 1.01 (not 1.02) x its
+norm, and Muon+ renormalisation after it (the update's Frobenius norm set to sqrt(min(rows, cols)), the norm of
+an exactly semi-orthogonal matrix). Order per step: momentum -> MuonEq -> orthogonalise -> Muon+ -> variance
+reduction -> cautious decay and update.
 
 Under DDP the gradients are already averaged when `step()` runs; every rank computes the same update, so no
 extra communication is needed. (Sharded strategies such as FSDP would need a gather before orthogonalising.)
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
@@ -45,6 +51,9 @@ MUON_DEFAULTS = dict(
     nesterov=True,
     ns_steps=5,
     orthogonalizer="newton_schulz",
+    norm_factor=1.02,  # polar_express only
+    row_equilibration=False,
+    renormalize=False,
     beta2=None,  # variance reduction off
     weight_decay=0.0,  # cautious weight decay off
     weight_decay_schedule="constant",
@@ -75,12 +84,13 @@ def newton_schulz(G: Tensor, steps: int = 5) -> Tensor:
     return X
 
 
-def polar_express(G: Tensor, steps: int = 5) -> Tensor:
-    """Polar Express variant: per-iteration coefficients, bf16, batched over leading dims."""
+def polar_express(G: Tensor, steps: int = 5, norm_factor: float = 1.02) -> Tensor:
+    """Polar Express variant: per-iteration coefficients, bf16, batched over leading dims; the input is divided
+    by norm_factor x its Frobenius norm (Jan-2026 1.02, July-2026 1.01)."""
     if steps > len(POLAR_EXPRESS_COEFFS):
         raise ValueError(f"polar_express supports at most {len(POLAR_EXPRESS_COEFFS)} steps, got {steps}")
     X = G.bfloat16()
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-6)
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * norm_factor + 1e-6)
     tall = G.size(-2) > G.size(-1)
     for a, b, c in POLAR_EXPRESS_COEFFS[:steps]:
         if tall:
@@ -93,6 +103,21 @@ def polar_express(G: Tensor, steps: int = 5) -> Tensor:
 
 
 ORTHOGONALIZERS = {"newton_schulz": newton_schulz, "polar_express": polar_express}
+
+
+def row_equilibrate(X: Tensor) -> Tensor:
+    """MuonEq: scale every row of the last two dims to ||X||_F / sqrt(rows) (the root-mean-square row norm), in
+    fp32. Tiny rows are floored at 1e-6 so a zero row stays zero."""
+    x = X.float()
+    target = x.norm(dim=(-2, -1), keepdim=True) / x.size(-2) ** 0.5
+    return x * (target / x.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+
+
+def renormalize(X: Tensor) -> Tensor:
+    """Muon+: rescale each matrix (last two dims) to Frobenius norm sqrt(min(rows, cols)), in fp32."""
+    x = X.float()
+    target = min(x.size(-2), x.size(-1)) ** 0.5
+    return x * (target / x.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-6))
 
 
 def _variance_reduce(update: Tensor, second_moment: Tensor, beta2: float) -> Tensor:
@@ -116,8 +141,9 @@ class MuonAdamW(torch.optim.Optimizer):
     """One optimizer, two update rules, chosen per param group by group["kind"].
 
     AdamW groups: lr, betas, eps, weight_decay.
-    Muon groups: lr, momentum, nesterov, ns_steps, orthogonalizer, beta2 (None = no variance reduction),
-    weight_decay (cautious; scaled by lr like AdamW's), weight_decay_schedule ("constant" | "linear").
+    Muon groups: lr, momentum, nesterov, ns_steps, orthogonalizer, norm_factor (polar_express), row_equilibration
+    (MuonEq), renormalize (Muon+), beta2 (None = no variance reduction), weight_decay (cautious; scaled by lr like
+    AdamW's), weight_decay_schedule ("constant" | "linear" | "cosine").
     Every group keeps `initial_lr` (and Muon groups `initial_weight_decay`) so schedules multiply them.
     """
 
@@ -207,9 +233,15 @@ class MuonAdamW(torch.optim.Optimizer):
         by_shape: dict[tuple, list[int]] = defaultdict(list)
         for i, p in enumerate(params):
             by_shape[tuple(p.shape)].append(i)
-        orthogonalize = ORTHOGONALIZERS[group["orthogonalizer"]]
+        name = group["orthogonalizer"]
+        extra = {"norm_factor": group["norm_factor"]} if name == "polar_express" else {}
         for shape, idxs in by_shape.items():
-            ortho = orthogonalize(torch.stack([updates[i] for i in idxs]), group["ns_steps"])
+            stacked = torch.stack([updates[i] for i in idxs])
+            if group["row_equilibration"]:
+                stacked = row_equilibrate(stacked)
+            ortho = ORTHOGONALIZERS[name](stacked, group["ns_steps"], **extra)
+            if group["renormalize"]:
+                ortho = renormalize(ortho)
             for j, i in enumerate(idxs):
                 self._apply_muon(params[i], ortho[j], group)
 
@@ -243,49 +275,45 @@ def build_optimizer(model, settings=None, *, d_model: int, lr_scale: float = 1.0
     """MuonAdamW over model.param_groups(), with the reference learning-rate rules.
 
     `settings` is a nanochat.recipe.OptimSettings (None = the v0 preset's); `changes` replace single fields of it
-    (e.g. matrix_lr=0.01). AdamW lrs (embedding, lm_head, value embeddings) are multiplied by (d_model / 768)^-0.5;
-    residual scalars get scalar_lr * 0.01 and x0 scalars scalar_lr with betas x0_betas. Every lr is multiplied by
-    lr_scale (batch scaling x lr_multiplier). `adamw_weight_decay` is AdamW's (embedding, lm_head, value
-    embeddings); `muon_weight_decay` is Muon's cautious decay, used as given (the Plan scales it for depth).
+    (e.g. matrix_lr=0.01). AdamW lrs (embedding, lm_head, value embeddings) are multiplied by (d_model / 768)^-0.5,
+    value embeddings' also by value_embed_lr_frac; residual scalars get scalar_lr * 0.01 and x0 scalars scalar_lr.
+    Every lr is multiplied by lr_scale (batch scaling x lr_multiplier), except the smear/backout group's: a fixed
+    smear_lr x lr_multiplier (the reference scales it neither by width nor by batch). Each AdamW group has its own
+    betas and decoupled weight decay (applied as p *= 1 - lr * wd, so the lr schedule moves it too);
+    `muon_weight_decay` is Muon's cautious decay, used as given (the Plan scales it).
     """
     from dataclasses import replace
 
     from nanochat.recipe import V0
 
     o = replace(settings if settings is not None else V0.optim, **changes)
-    embedding_lr, unembedding_lr, matrix_lr, scalar_lr = o.embedding_lr, o.unembedding_lr, o.matrix_lr, o.scalar_lr
-    weight_decay, adam_eps = o.adamw_weight_decay, o.adam_eps
-    adam_betas, x0_betas = tuple(o.adam_betas), tuple(o.x0_betas)
-    muon_momentum, muon_ns_steps, muon_orthogonalizer = o.momentum_end, o.muon_ns_steps, o.muon_orthogonalizer
-    muon_beta2 = o.muon_beta2 or None  # 0 = off
-    muon_weight_decay, muon_weight_decay_schedule = o.muon_weight_decay, o.muon_weight_decay_schedule
-    if muon_weight_decay_schedule not in ("constant", "linear"):
-        raise NanochatError(f"muon_weight_decay_schedule must be 'constant' or 'linear', got {muon_weight_decay_schedule!r}")
+    if o.muon_weight_decay_schedule not in ("constant", "linear", "cosine"):
+        raise NanochatError(f"muon_weight_decay_schedule must be 'constant', 'linear' or 'cosine', got "
+                            f"{o.muon_weight_decay_schedule!r}")
     roles = model.param_groups()
     seen = [id(p) for ps in roles.values() for p in ps]
     if len(seen) != len(set(seen)) or len(seen) != len(list(model.parameters())):
         raise NanochatError("model.param_groups() must list every parameter exactly once")
-    scale = (d_model / 768) ** -0.5
-    adamw = dict(kind="adamw", eps=adam_eps)
+    scale = (d_model / 768) ** -0.5 * lr_scale
+
+    def adamw(name, lr, betas, weight_decay):
+        return dict(kind="adamw", name=name, params=roles.get(name, []), lr=lr, betas=tuple(betas),
+                    eps=o.adam_eps, weight_decay=weight_decay)
+
     groups = [
-        dict(adamw, name="lm_head", params=roles["lm_head"], lr=unembedding_lr * scale * lr_scale,
-             betas=adam_betas, weight_decay=weight_decay),
-        dict(adamw, name="embedding", params=roles["embedding"], lr=embedding_lr * scale * lr_scale,
-             betas=adam_betas, weight_decay=weight_decay),
+        adamw("lm_head", o.unembedding_lr * scale, o.unembedding_betas, o.adamw_weight_decay),
+        adamw("embedding", o.embedding_lr * scale, o.embedding_betas, o.embedding_weight_decay),
+        adamw("value_embeds", o.embedding_lr * o.value_embed_lr_frac * scale, o.embedding_betas,
+              o.adamw_weight_decay),
+        adamw("resid_scalars", o.scalar_lr * 0.01 * lr_scale, o.adam_betas, o.resid_weight_decay),
+        adamw("x0_scalars", o.scalar_lr * lr_scale, o.x0_betas, 0.0),
+        adamw("smear", o.smear_lr * o.lr_multiplier, o.adam_betas, 0.0),
+        dict(kind="muon", name="matrix", params=roles["matrix"], lr=o.matrix_lr * lr_scale, momentum=o.momentum_end,
+             ns_steps=o.muon_ns_steps, orthogonalizer=o.muon_orthogonalizer, norm_factor=o.muon_norm_factor,
+             row_equilibration=o.muon_row_equilibration, renormalize=o.muon_renormalize,
+             beta2=o.muon_beta2 or None,  # 0 = off
+             weight_decay=o.muon_weight_decay, weight_decay_schedule=o.muon_weight_decay_schedule),
     ]
-    if roles.get("value_embeds"):
-        groups.append(dict(adamw, name="value_embeds", params=roles["value_embeds"],
-                           lr=embedding_lr * scale * lr_scale, betas=adam_betas, weight_decay=weight_decay))
-    if roles.get("resid_scalars"):
-        groups.append(dict(adamw, name="resid_scalars", params=roles["resid_scalars"],
-                           lr=scalar_lr * 0.01 * lr_scale, betas=adam_betas, weight_decay=0.0))
-    if roles.get("x0_scalars"):
-        groups.append(dict(adamw, name="x0_scalars", params=roles["x0_scalars"],
-                           lr=scalar_lr * lr_scale, betas=x0_betas, weight_decay=0.0))
-    groups.append(dict(kind="muon", name="matrix", params=roles["matrix"], lr=matrix_lr * lr_scale,
-                       momentum=muon_momentum, ns_steps=muon_ns_steps, orthogonalizer=muon_orthogonalizer,
-                       beta2=muon_beta2, weight_decay=muon_weight_decay,
-                       weight_decay_schedule=muon_weight_decay_schedule))
     return MuonAdamW([g for g in groups if g["params"]])
 
 
@@ -307,16 +335,28 @@ def lr_multiplier(
     return progress + (1.0 - progress) * final_lr_frac
 
 
-def muon_momentum(step: int, warmup: int = 300, start: float = 0.85, end: float = 0.95) -> float:
-    """Muon momentum rises linearly from start to end over the first `warmup` steps."""
-    frac = 1.0 if warmup <= 0 else min(step / warmup, 1.0)
-    return (1.0 - frac) * start + frac * end
+def muon_momentum(step: int, warmup: int = 300, start: float = 0.85, end: float = 0.95, final: float = 0.0,
+                  total_steps: int = 0, warmdown_ratio: float = 0.0) -> float:
+    """Muon momentum: linear from start to end over the first `warmup` steps, then `end`; with `final` > 0 it
+    moves linearly from end to final over the lr warm-down (the last round(warmdown_ratio x total_steps) steps;
+    the warm-up wins where the two overlap), as the July-2026 reference does."""
+    if step < warmup:
+        frac = step / warmup
+        return (1.0 - frac) * start + frac * end
+    warmdown = round(warmdown_ratio * total_steps)
+    if final > 0 and warmdown > 0 and step >= total_steps - warmdown:
+        progress = min(1.0, (step - (total_steps - warmdown)) / warmdown)
+        return (1.0 - progress) * end + progress * final
+    return end
 
 
 def weight_decay_multiplier(step: int, total_steps: int, schedule: str = "linear") -> float:
-    """Jan-2026 Muon weight decay: linear from 1 at step 0 to 0 at the end ("constant": always 1)."""
+    """Muon weight decay over the run: "linear" from 1 at step 0 to 0 at the end (Jan-2026), "cosine"
+    1/2 (1 + cos(pi step / total)) (July-2026), "constant" always 1."""
     if schedule == "constant" or total_steps <= 0:
         return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
     return max(0.0, 1.0 - step / total_steps)
 
 
@@ -327,9 +367,11 @@ def update_muon_groups(
     warmup: int = 300,
     start: float = 0.85,
     end: float = 0.95,
+    final: float = 0.0,
+    warmdown_ratio: float = 0.0,
 ) -> None:
     """Set momentum and (scheduled) weight decay of every Muon group for the coming step."""
-    momentum = muon_momentum(step, warmup, start, end)
+    momentum = muon_momentum(step, warmup, start, end, final, total_steps, warmdown_ratio)
     for group in optimizer.param_groups:
         if group.get("kind") != "muon":
             continue
@@ -347,6 +389,8 @@ __all__ = [
     "muon_momentum",
     "newton_schulz",
     "polar_express",
+    "renormalize",
+    "row_equilibrate",
     "update_muon_groups",
     "weight_decay_multiplier",
 ]

@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 from nanochat.common import NanochatError
 
 PACKINGS = ("bestfit", "cropfit", "concat")
-PRESET_PACKING = {"jan2026": "bestfit", "v0": "concat"}
+PRESET_PACKING = {"jul2026": "bestfit", "jan2026": "bestfit", "v0": "concat"}
 REFERENCE_BUFFER_DOCS = 1000  # the reference's buffer_size
 REFERENCE_REFILL_DOCS = 128   # the reference's tokenizer_batch_size: documents added per refill
 
@@ -36,7 +36,7 @@ Chunk = tuple[int, list[list[int]]]  # (ordinal of the first document, token lis
 
 
 def default_packing(preset: str) -> str:
-    """The packing a reference preset trains with: jan2026 -> bestfit, v0 -> concat."""
+    """The packing a reference preset trains with: jan2026 and jul2026 -> bestfit, v0 -> concat."""
     try:
         return PRESET_PACKING[preset]
     except KeyError:

@@ -8,7 +8,7 @@ optimizer and the schedule. A new setting is one field here, its value in the v0
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from nanochat.common import NanochatError, knob
 
@@ -23,22 +23,40 @@ class OptimSettings:
     unembedding_lr: Optional[float] = knob(None, "AdamW lr of lm_head (x (d_model/768)^-0.5)", low=0)
     matrix_lr: Optional[float] = knob(None, "Muon lr of the block matrices", low=0)
     scalar_lr: Optional[float] = knob(None, "lr of the x0 residual scalars (per-layer residual scalars: x 0.01)", low=0)
-    adam_betas: Optional[List[float]] = knob(None, "AdamW betas [beta1, beta2]", low=0, high=0.999999,
-                                          length=2)
+    value_embed_lr_frac: Optional[float] = knob(None, "value embeddings' lr as a fraction of embedding_lr", low=0)
+    smear_lr: Optional[float] = knob(None, "fixed AdamW lr of the smear/backout scalars (no width or batch scaling)",
+                                     low=0)
+    unembedding_betas: Optional[List[float]] = knob(None, "AdamW betas of lm_head", low=0, high=0.999999, length=2)
+    embedding_betas: Optional[List[float]] = knob(None, "AdamW betas of the token and value embeddings", low=0,
+                                                  high=0.999999, length=2)
+    adam_betas: Optional[List[float]] = knob(None, "AdamW betas of the residual and smear/backout scalars", low=0,
+                                             high=0.999999, length=2)
     x0_betas: Optional[List[float]] = knob(None, "AdamW betas of the x0 scalars", low=0,
                                         high=0.999999, length=2)
     adam_eps: Optional[float] = knob(None, "AdamW epsilon", low=0)
-    adamw_weight_decay: Optional[float] = knob(None, "AdamW weight decay on embeddings / lm_head (not Muon's)", low=0)
+    adamw_weight_decay: Optional[float] = knob(None, "AdamW weight decay of lm_head and the value embeddings", low=0)
+    embedding_weight_decay: Optional[float] = knob(None, "AdamW weight decay of the token embedding", low=0)
+    resid_weight_decay: Optional[float] = knob(None, "AdamW weight decay of the per-layer residual scalars", low=0)
     muon_orthogonalizer: Optional[str] = knob(None, "Muon's orthogonalisation",
                                               choices=("newton_schulz", "polar_express"))
     muon_ns_steps: Optional[int] = knob(None, "iterations of the orthogonaliser", low=1)
+    muon_norm_factor: Optional[float] = knob(None, "polar_express input divided by this x its Frobenius norm", low=1)
+    muon_row_equilibration: Optional[bool] = knob(None, "MuonEq: scale every row to the mean row norm first")
+    muon_renormalize: Optional[bool] = knob(None, "Muon+: set the orthogonalised update's Frobenius norm to "
+                                                  "sqrt(min(rows, cols))")
     muon_beta2: Optional[float] = knob(None, "NorMuon-style variance reduction beta2 (0 = off)", low=0, high=0.999999)
-    muon_weight_decay: Optional[float] = knob(None, "Muon's cautious weight decay at d12 (scaled by (12/depth)^2)", low=0)
+    muon_weight_decay: Optional[float] = knob(None, "Muon's cautious weight decay at the reference (d12, 2^19 batch)",
+                                              low=0)
+    muon_weight_decay_scaling: Optional[str] = knob(
+        None, "how the Muon weight decay moves off the reference: depth = x (12/depth)^2; horizon = "
+              "x sqrt(batch/2^19) x (d12 tokens / tokens)", choices=("depth", "horizon"))
     muon_weight_decay_schedule: Optional[str] = knob(None, "Muon weight decay over the run",
-                                                     choices=("constant", "linear"))
+                                                     choices=("constant", "linear", "cosine"))
     momentum_warmup: Optional[int] = knob(None, "steps over which Muon's momentum rises", low=0)
     momentum_start: Optional[float] = knob(None, "Muon momentum at step 0", low=0, high=1)
     momentum_end: Optional[float] = knob(None, "Muon momentum after the warm-up", low=0, high=1)
+    momentum_final: Optional[float] = knob(None, "Muon momentum at the end of the lr warm-down, linearly from "
+                                                 "momentum_end (0 = stays at momentum_end)", low=0, high=1)
     lr_multiplier: Optional[float] = knob(None, "every lr x this (mid 1.0, sft 0.02, rl 0.05 of the base lrs)", low=0)
     batch_lr_scaling: Optional[bool] = knob(None, "scale every lr by sqrt(total batch / 2^19)")
     grad_clip: Optional[float] = knob(None, "max gradient norm (0 = no clipping)", low=0)
@@ -64,10 +82,21 @@ class HorizonSettings:
                                          choices=("total", "matrices+lm_head"))
 
 
+AUTO = "auto"
+
+
 @dataclass
 class BatchSettings:
-    total_batch_tokens: Optional[int] = knob(None, "tokens per optimizer step, all devices (accumulation is derived)",
-                                             low=1)
+    # typed Any: an integer or the word "auto" (checked by check_batch_tokens)
+    total_batch_tokens: Any = knob(None, "tokens per optimizer step, all devices (accumulation is derived), or auto "
+                                         "= 2^round(log2(2^19 x (N/N_d12)^0.383)), N the scaling params", low=1)
+
+
+def check_batch_tokens(value, key: str = "stage.total_batch_tokens"):
+    """A token batch is a positive integer or "auto" (None = the preset's); anything else is one clear error."""
+    if value is None or value == AUTO or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise NanochatError(f"{key}: {value!r} is not allowed; expected a positive integer or auto")
 
 
 SETTINGS_CLASSES = (OptimSettings, ScheduleSettings, HorizonSettings, BatchSettings)
@@ -96,6 +125,7 @@ class Preset:
         for part in (self.optim, self.schedule, self.horizon, self.batch):
             names = {f.name for f in fields(part)}
             out.append(replace(part, **{k: v for k, v in overrides.items() if k in names and v is not None}))
+        check_batch_tokens(out[-1].total_batch_tokens, "total_batch_tokens")
         return tuple(out)
 
 
@@ -104,10 +134,13 @@ V0 = Preset(
     description="nanochat first release (Oct 2025): full attention, Newton-Schulz Muon, 20 tokens/param",
     vocab_size=65536,
     optim=OptimSettings(
-        embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, scalar_lr=0.5, adam_betas=[0.8, 0.95],
-        x0_betas=[0.96, 0.95], adam_eps=1e-10, adamw_weight_decay=0.0, muon_orthogonalizer="newton_schulz",
-        muon_ns_steps=5, muon_beta2=0.0, muon_weight_decay=0.0, muon_weight_decay_schedule="constant",
-        momentum_warmup=300, momentum_start=0.85, momentum_end=0.95, lr_multiplier=1.0, batch_lr_scaling=False,
+        embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, scalar_lr=0.5, value_embed_lr_frac=1.0,
+        smear_lr=0.2, unembedding_betas=[0.8, 0.95], embedding_betas=[0.8, 0.95], adam_betas=[0.8, 0.95],
+        x0_betas=[0.96, 0.95], adam_eps=1e-10, adamw_weight_decay=0.0, embedding_weight_decay=0.0,
+        resid_weight_decay=0.0, muon_orthogonalizer="newton_schulz", muon_ns_steps=5, muon_norm_factor=1.02,
+        muon_row_equilibration=False, muon_renormalize=False, muon_beta2=0.0, muon_weight_decay=0.0,
+        muon_weight_decay_scaling="depth", muon_weight_decay_schedule="constant", momentum_warmup=300,
+        momentum_start=0.85, momentum_end=0.95, momentum_final=0.0, lr_multiplier=1.0, batch_lr_scaling=False,
         grad_clip=1.0,
     ),
     schedule=ScheduleSettings(warmup_steps=0, warmup_ratio=0.0, warmdown_ratio=0.2, final_lr_frac=0.0),
@@ -129,7 +162,24 @@ JAN2026 = Preset(
     batch=V0.batch,
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (V0, JAN2026)}
+JUL2026 = Preset(
+    name="jul2026",
+    description="nanochat commit 92d63d4 (July 2026): smear/backout, MuonEq + Muon+, per-group AdamW, auto batch",
+    vocab_size=32768,
+    model=dict(window_pattern="SSSL", short_window_frac=0.25, short_window_multiple=128, value_embeds=True,
+               ve_gate_channels=12, ve_gate_scale=3.0, resid_scalars=True, smear=True, backout=True, qk_scale=1.2,
+               rope_base=100000.0, logit_softcap=15.0, init="jul2026"),
+    optim=replace(JAN2026.optim, unembedding_lr=0.008, value_embed_lr_frac=0.5, unembedding_betas=[0.8, 0.96],
+                  embedding_betas=[0.8, 0.995], adamw_weight_decay=0.01, embedding_weight_decay=0.001,
+                  resid_weight_decay=0.05, muon_norm_factor=1.01, muon_row_equilibration=True, muon_renormalize=True,
+                  muon_beta2=0.9, muon_weight_decay=0.28, muon_weight_decay_scaling="horizon",
+                  muon_weight_decay_schedule="cosine", momentum_warmup=400, momentum_end=0.97, momentum_final=0.90),
+    schedule=ScheduleSettings(warmup_steps=40, warmup_ratio=0.0, warmdown_ratio=0.65, final_lr_frac=0.05),
+    horizon=HorizonSettings(param_data_ratio=12.0, scaling_params="matrices+lm_head"),
+    batch=BatchSettings(total_batch_tokens=AUTO),
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (V0, JAN2026, JUL2026)}
 
 
 def get_preset(name: str) -> Preset:

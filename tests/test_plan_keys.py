@@ -45,14 +45,22 @@ def test_scalar_lr_reaches_the_residual_scalars():
     assert ratio("scalar_lr", ["stage.scalar_lr=1.0"], "x0_scalars", "lr", preset="jan2026") == pytest.approx(2.0)
 
 
-def test_adam_betas_reach_adamw():
-    _, groups = groups_for("stage.adam_betas=[0.7,0.9]")
-    assert groups["embedding"]["betas"] == (0.7, 0.9) and groups["lm_head"]["betas"] == (0.7, 0.9)
+def test_each_betas_key_reaches_its_adamw_groups():
+    _, groups = groups_for("stage.adam_betas=[0.7,0.9]", "stage.unembedding_betas=[0.6,0.91]",
+                           "stage.embedding_betas=[0.5,0.92]", "stage.x0_betas=[0.4,0.93]", "model.resid_scalars=true",
+                           "model.value_embeds=true")
+    assert groups["lm_head"]["betas"] == (0.6, 0.91)
+    assert groups["embedding"]["betas"] == groups["value_embeds"]["betas"] == (0.5, 0.92)
+    assert groups["resid_scalars"]["betas"] == (0.7, 0.9) and groups["x0_scalars"]["betas"] == (0.4, 0.93)
 
 
 def test_weight_decays_are_distinct_and_reach_their_optimizer():
-    _, groups = groups_for("stage.adamw_weight_decay=0.01", "stage.muon_weight_decay=0.5")
-    assert groups["embedding"]["weight_decay"] == pytest.approx(0.01)
+    _, groups = groups_for("stage.adamw_weight_decay=0.01", "stage.embedding_weight_decay=0.002",
+                           "stage.resid_weight_decay=0.03", "stage.muon_weight_decay=0.5", "model.resid_scalars=true",
+                           "model.value_embeds=true")
+    assert groups["lm_head"]["weight_decay"] == groups["value_embeds"]["weight_decay"] == pytest.approx(0.01)
+    assert groups["embedding"]["weight_decay"] == pytest.approx(0.002)
+    assert groups["resid_scalars"]["weight_decay"] == pytest.approx(0.03) and groups["x0_scalars"]["weight_decay"] == 0
     assert groups["matrix"]["weight_decay"] == pytest.approx(0.5 * (12 / 2) ** 2)  # scaled from d12
 
 
@@ -94,6 +102,7 @@ def test_target_flops_sets_the_horizon():
     ("stage.adam_betas=[0.9]", "stage.adam_betas: [0.9] must hold 2 numbers"),
     ("hardware.precision=fp13", "hardware.precision: 'fp13' is not allowed; expected one of"),
     ("stage.weight_decay=0.1", "stage.weight_decay: unknown key"),
+    ("stage.total_batch_tokens=big", "stage.total_batch_tokens: 'big' is not allowed; expected a positive integer or auto"),
 ])
 def test_bad_values_are_one_clear_line(tmp_path, override, needle):
     proc = run_train(["hardware=cpu", override, f"hydra.run.dir={tmp_path / 'out'}"], tmp_path, timeout=120)

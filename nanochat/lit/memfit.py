@@ -21,6 +21,7 @@ from typing import Callable
 from nanochat.common import NanochatError
 from nanochat.hardware import DeviceMemory, device_memory
 from nanochat.memory import MemoryEstimate, estimate_training_memory, gib
+from nanochat.scaling import batch_candidates  # noqa: F401  (re-exported: the candidates the fit tries)
 
 DEFAULT_HEADROOM = 0.10
 
@@ -54,20 +55,6 @@ class FitReport:
             status = f"fits, peak {gib(r.peak)}" if r.fits else f"does not fit ({r.error or gib(r.peak)})"
             lines.append(f"  probe     device batch {b}: {status}")
         return "\n".join(lines)
-
-
-def batch_candidates(total_batch_tokens: int, seq_len: int, world_size: int) -> list[int]:
-    """Power-of-two device batches that divide the token batch exactly, largest (no accumulation) first."""
-    per_seq = seq_len * world_size
-    if total_batch_tokens % per_seq:
-        raise NanochatError(f"total_batch_tokens {total_batch_tokens:,} is not a multiple of seq_len x world_size "
-                            f"= {per_seq:,}: no device batch can keep it")
-    rows = total_batch_tokens // per_seq
-    out, b = [], 1
-    while b <= rows and rows % b == 0:
-        out.append(b)
-        b *= 2
-    return out[::-1]
 
 
 def check_device_batch(value) -> None:
