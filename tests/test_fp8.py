@@ -153,7 +153,21 @@ def test_fp8_model_loss_and_gradients_track_fp32():
         assert cos > 0.98, (name, cos.item())
 
 
+def test_module_converts_when_asked_and_keeps_plain_keys(capsys):
+    from nanochat.lit.module import NanochatLM
+
+    cfg = scaling.model_config(2, vocab_size=512, seq_len=32, head_dim=64)
+    plan = scaling.plan(cfg, device_batch_size=2, total_batch_tokens=64, num_iterations=2)
+    plain, fp8 = (NanochatLM(plan, torch.ones(512, dtype=torch.int32), fp8=f) for f in (False, True))
+    plain.configure_model(), fp8.configure_model()
+    assert not any(isinstance(m, Fp8Linear) for m in plain.model.modules())
+    assert sum(isinstance(m, Fp8Linear) for m in fp8.model.modules()) == 13
+    assert list(fp8.model.state_dict()) == list(plain.model.state_dict())
+    assert "fp8: 13 of 13 Linear layers" in capsys.readouterr().out
+
+
 @needs_cpu_fp8
+@pytest.mark.slow
 def test_lightning_trains_in_fp8_and_validates_in_full_precision(monkeypatch):
     import lightning as L
 
@@ -172,14 +186,17 @@ def test_lightning_trains_in_fp8_and_validates_in_full_precision(monkeypatch):
         def __iter__(self):
             return iter([(rows[:, :-1], rows[:, 1:])] * 2)
 
-    data = Data()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         num_sanity_val_steps=0)
-    trainer.fit(module, train_dataloaders=data)
+    trainer.fit(module, train_dataloaders=Data())
     assert trainer.global_step == 2 and len(calls) == 2 * 13  # every eligible layer, every training forward
-    trainer.validate(module, dataloaders=data, verbose=False)
-    assert len(calls) == 26  # validation ran the same layers in full precision
+    trainer.limit_val_batches = 1.0
+    results = trainer.validate(module, dataloaders=Data(), verbose=False)
+    assert "val/bpb" in results[0] and len(calls) == 26  # validation ran, with the same layers in full precision
+    module.model.train()
+    module.model(rows[:, :-1], rows[:, 1:])
+    assert len(calls) == 39  # and back in training mode they are fp8 again
 
 
 # -- refusal -------------------------------------------------------------------------------------------------
@@ -202,6 +219,24 @@ def test_accepted_on_ada_hopper_blackwell_and_when_planning():
         check_fp8("cpu", check_device=False)
     with pytest.raises(NanochatError, match="transformer-engine"):
         check_fp8("gpu", "transformer-engine", devices=[("NVIDIA H100", (9, 0))])
+
+
+def test_validation_refuses_fp8_on_cpu_and_plans_it_for_a_gpu_profile():
+    from hydra.core.global_hydra import GlobalHydra
+
+    from nanochat.config.app import compose
+    from nanochat.stages import validate
+
+    GlobalHydra.instance().clear()
+    try:
+        with pytest.raises(NanochatError, match="accelerator=cpu"):
+            validate(compose("train", ["stage=base", "hardware=cpu", "hardware.fp8=true"]))
+        validate(compose("train", ["stage=base", "hardware=h100", "hardware.fp8=true", "plan_only=true"]))
+        if not torch.cuda.is_available():
+            with pytest.raises(NanochatError, match="no CUDA GPU is visible"):
+                validate(compose("train", ["stage=base", "hardware=h100", "hardware.fp8=true"]))
+    finally:
+        GlobalHydra.instance().clear()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
