@@ -37,6 +37,9 @@ class KVCache:
 
     `pad` (B,) holds each row's count of left-padding positions (None when no row is padded): the rotary
     position of cache slot t in row b is t - pad[b], and slots below pad[b] are never attended to.
+
+    `prev_embedding` (B, 1, d): for models with smear, the normed embedding of each row's last token so far
+    (the model reads and replaces it on every forward); None before the first one.
     """
 
     def __init__(self, n_layer, batch_size, max_len, n_kv_head, head_dim, dtype, device, pad=None):
@@ -45,7 +48,8 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len = max_len
         self.pos = 0
-        self._fused: dict[int, torch.Tensor] = {}
+        self.prev_embedding: torch.Tensor | None = None
+        self._fused: dict[tuple[int, torch.dtype], torch.Tensor] = {}
         self._set_pad(pad, device)
 
     @classmethod
@@ -81,12 +85,14 @@ class KVCache:
         self.v[layer, :, :, self.pos : end] = v.transpose(1, 2)
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def fused_qkv_weight(self, attn) -> torch.Tensor:
-        """[c_q; c_k; c_v] weights of an attention layer, concatenated once per cache (i.e. per generation)."""
-        w = self._fused.get(attn.layer_idx)
+    def fused_qkv_weight(self, attn, dtype: torch.dtype) -> torch.Tensor:
+        """[c_q; c_k; c_v] weights of an attention layer in the activations' dtype, concatenated (and cast)
+        once per cache (i.e. per generation)."""
+        key = (attn.layer_idx, dtype)
+        w = self._fused.get(key)
         if w is None:
-            w = torch.cat([attn.c_q.weight, attn.c_k.weight, attn.c_v.weight], dim=0)
-            self._fused[attn.layer_idx] = w
+            w = torch.cat([attn.c_q.weight, attn.c_k.weight, attn.c_v.weight], dim=0).to(dtype)
+            self._fused[key] = w
         return w
 
     def share_weights(self, other: "KVCache") -> None:
@@ -299,6 +305,10 @@ class Engine:
             cache.k[:, rows, :, longest - length : longest] = part.k.repeat_interleave(k, dim=1)
             cache.v[:, rows, :, longest - length : longest] = part.v.repeat_interleave(k, dim=1)
             logits[rows] = out.repeat_interleave(k, dim=0)
+            if part.prev_embedding is not None:  # smear: each row carries its own prompt's last embedding
+                if cache.prev_embedding is None:
+                    cache.prev_embedding = part.prev_embedding.new_zeros((len(batch) * k, 1, model.config.n_embd))
+                cache.prev_embedding[rows] = part.prev_embedding.repeat_interleave(k, dim=0)
         cache.advance(longest)
         return cache, logits
 

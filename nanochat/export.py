@@ -3,8 +3,8 @@
 The one idea: our first-release ("v0") architecture is exactly the `NanoChat` model class that `transformers`
 ships (RoPE -> QK-norm, parameter-free RMSNorm also after the embedding, relu^2 MLP, untied head, soft-capped
 logits), so exporting it is renaming weights and config fields. Later switches (value embeddings, residual
-scalars, sliding windows) have no counterpart there; such models are exported in our own layout only, with a
-message that names the features in the way.
+scalars, sliding windows, smear, backout, scaled queries/keys) have no counterpart there; such models are exported
+in our own layout only, with a message that names the features in the way.
 
     python -m nanochat.export ckpt=latest:sft out=exports/sft [hf=auto|true|false] [dtype=float32|bfloat16]
                               [push_to_hub=true repo=user/name [private=true]]      # --help: every key
@@ -61,6 +61,12 @@ def hf_blockers(config: GPTConfig) -> list[str]:
         blockers.append("per-layer residual scalars (resid_scalars=true)")
     if config.window_pattern is not None and "S" in config.window_pattern.upper() and config.n_layer > 1:
         blockers.append(f"sliding-window attention (window_pattern={config.window_pattern})")
+    if config.smear:
+        blockers.append("previous-token smear (smear=true)")
+    if config.backout:
+        blockers.append("mid-layer backout (backout=true)")
+    if config.qk_scale != 1.0:  # its attention scale is fixed at head_dim^-0.5, after a QK-norm it has no knob for
+        blockers.append(f"scaled queries and keys (qk_scale={config.qk_scale:g})")
     return blockers
 
 

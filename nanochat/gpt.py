@@ -9,13 +9,17 @@ Baseline ("v0") architecture:
 - MLP with 4x expansion and relu(x)^2, no biases anywhere, untied embedding / unembedding
 - logits soft-capped as cap * tanh(logits / cap), computed in fp32
 
-Optional later features (all off by default, switched on by presets):
+Optional later features (all off by default, switched on by presets; attention itself is in nanochat.attention):
 - sliding-window attention from a pattern string such as "SSSL" (tiled over layers, last layer always full)
 - value embeddings on alternating layers, mixed into the values through a small input-dependent gate
 - per-layer residual scalars: x <- resid_lambda[i] * x + x0_lambda[i] * x0 before every block
+- smear: each token's normed embedding gets a gated share of the previous token's (before x0 is taken)
+- backout: the residual after block n_layer // 2, times a learned scalar, is subtracted before the final norm
 
 Build models with `GPT.build(config, device)`: shapes on the meta device, storage on the target device, then
-`init_weights()`, whose random draws (the only ones) follow the reference's order, so a seed reproduces its weights.
+`init_weights()`, whose random draws (the only ones) follow the reference's order (nanochat.gpt_init), so a
+seed reproduces its weights. Activations take the dtype of the embedding tables: fp32 normally, bf16 after
+`set_compute_dtype(torch.bfloat16)` (the "bf16-cast" precision; Linear layers cast their fp32 weights).
 """
 from __future__ import annotations
 
@@ -26,10 +30,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanochat.attention import CausalSelfAttention, Linear, apply_rotary, norm  # noqa: F401 (re-exported)
 from nanochat.common import NanochatError
+from nanochat.gpt_init import SCHEMES, init_parameters
 
-_TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-_SDPA_HAS_GQA = _TORCH_VERSION >= (2, 5)
+SMEAR_CHANNELS = 24  # the smear gate reads this many leading channels of the normed embedding
 
 
 @dataclass
@@ -46,14 +51,19 @@ class GPTConfig:
     # layer is always "L". None means full attention everywhere (v0).
     window_pattern: str | None = None
     short_window_frac: float = 0.25  # "S" window = this fraction of sequence_len (Jan-2026 nanochat: 0.5)
+    # "S" window rounded up to a multiple of this (Jul-2026: 128); 1 = the product truncated, as in Jan-2026
+    short_window_multiple: int = 1
     # Value embeddings on alternating layers (the last layer always has one), gated per kv head.
     value_embeds: bool = False
     ve_gate_channels: int = 32  # the gate reads the first this-many channels of the block input
-    # Per-layer learnable residual scalars (resid_lambdas init 1.0, x0_lambdas init x0_init).
+    ve_gate_scale: float = 2.0  # gate = ve_gate_scale * sigmoid(...)
+    # Per-layer learnable residual scalars (resid_lambdas init 1.0, x0_lambdas init x0_init; ramps in jul2026).
     resid_scalars: bool = False
     x0_init: float = 0.1
-    # Weight initialisation: "v0" (fan-in scaled normal, zero lm_head) or "jan2026" (uniform blocks,
-    # lm_head N(0, 0.001)). Both zero the attention and MLP output projections.
+    qk_scale: float = 1.0  # q and k multiplied by this after QK-norm (sharper attention)
+    smear: bool = False  # previous-token embedding mixing
+    backout: bool = False  # subtract the scaled mid-depth residual before the final norm
+    # Weight initialisation: "v0", "jan2026" or "jul2026" (see nanochat.gpt_init).
     init: str = "v0"
 
     def __post_init__(self):
@@ -70,8 +80,14 @@ class GPTConfig:
                 problems.append(f"window_pattern {self.window_pattern!r} may only contain the letters S and L")
         if not 0.0 < self.short_window_frac <= 1.0:
             problems.append(f"short_window_frac ({self.short_window_frac}) must be in (0, 1]")
-        if self.init not in ("v0", "jan2026"):
-            problems.append(f"init {self.init!r} must be 'v0' or 'jan2026'")
+        if not isinstance(self.short_window_multiple, int) or self.short_window_multiple < 1:
+            problems.append(f"short_window_multiple ({self.short_window_multiple}) must be a positive integer")
+        if not self.qk_scale > 0 or not self.ve_gate_scale > 0:
+            problems.append(f"qk_scale ({self.qk_scale}) and ve_gate_scale ({self.ve_gate_scale}) must be > 0")
+        if self.smear and self.n_embd < SMEAR_CHANNELS:
+            problems.append(f"smear reads {SMEAR_CHANNELS} channels: n_embd ({self.n_embd}) is too small")
+        if self.init not in SCHEMES:
+            problems.append(f"init {self.init!r} must be one of: {', '.join(SCHEMES)}")
         if self.n_layer <= 0 or self.sequence_len <= 0 or self.vocab_size <= 0:
             problems.append("n_layer, sequence_len and vocab_size must be positive")
         if problems:
@@ -87,44 +103,31 @@ def has_value_embed(layer_idx: int, n_layer: int) -> bool:
     return layer_idx % 2 == (n_layer - 1) % 2
 
 
+def short_window(config: GPTConfig) -> int:
+    """The "S" window: sequence_len x short_window_frac, rounded up to short_window_multiple when that is > 1."""
+    w = config.sequence_len * config.short_window_frac
+    m = config.short_window_multiple
+    return max(1, int(w) if m == 1 else math.ceil(w / m) * m)
+
+
 def window_sizes(config: GPTConfig) -> list[int]:
     """Attention window (in tokens, counting back from the query) for every layer."""
     long_window = config.sequence_len
     if config.window_pattern is None:
         return [long_window] * config.n_layer
-    short_window = max(1, int(config.sequence_len * config.short_window_frac))
+    short = short_window(config)
     pattern = config.window_pattern.upper()
-    sizes = [short_window if pattern[i % len(pattern)] == "S" else long_window for i in range(config.n_layer)]
+    sizes = [short if pattern[i % len(pattern)] == "S" else long_window for i in range(config.n_layer)]
     sizes[-1] = long_window
     return sizes
 
 
-def norm(x: torch.Tensor) -> torch.Tensor:
-    """RMSNorm with no learnable parameters."""
-    return F.rms_norm(x, (x.size(-1),))
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (i, i + D/2) of x (B, T, H, D) by the position angles."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
-
-
-def _window_mask(t: int, window: int, device) -> torch.Tensor:
-    """Boolean (T, T) mask, True where query i may attend key j: 0 <= i - j <= window."""
-    pos = torch.arange(t, device=device)
-    delta = pos[:, None] - pos[None, :]
-    return (delta >= 0) & (delta <= window)
-
-
-class Linear(nn.Linear):
-    """nn.Linear whose constructor leaves the weight uninitialised: `GPT.init_weights()` is the only
-    initialiser, so building a model never consumes random draws (and never wastes time on kaiming init)."""
-
-    def reset_parameters(self) -> None:
-        pass
+def cast_compute_dtype(device) -> torch.dtype:
+    """The activation dtype of the "bf16-cast" precision on `device`: bf16 on CUDA sm80+, fp32 elsewhere."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
+        return torch.bfloat16
+    return torch.float32
 
 
 class Embedding(nn.Embedding):
@@ -132,95 +135,6 @@ class Embedding(nn.Embedding):
 
     def reset_parameters(self) -> None:
         pass
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig, layer_idx: int):
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.n_head = config.n_head
-        self.n_kv_head = config.n_kv_head
-        self.head_dim = config.head_dim
-        d = config.n_embd
-        self.c_q = Linear(d, self.n_head * self.head_dim, bias=False)
-        self.c_k = Linear(d, self.n_kv_head * self.head_dim, bias=False)
-        self.c_v = Linear(d, self.n_kv_head * self.head_dim, bias=False)
-        self.c_proj = Linear(self.n_head * self.head_dim, d, bias=False)
-        self.ve_gate = None
-        if config.value_embeds and has_value_embed(layer_idx, config.n_layer):
-            self.ve_gate_channels = min(config.ve_gate_channels, d)
-            self.ve_gate = Linear(self.ve_gate_channels, self.n_kv_head, bias=False)
-
-    def forward(self, x, cos, sin, window: int, ve: torch.Tensor | None = None, kv_cache=None):
-        if kv_cache is not None:
-            return self._forward_cached(x, cos, sin, window, ve, kv_cache)
-        B, T, _ = x.shape
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
-        if ve is not None:
-            # gate in (0, 2), one value per kv head; zero-initialised gate weights make it exactly 1 at init
-            gate = 2.0 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate_channels]))
-            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim).to(v.dtype)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q, k = norm(q), norm(k)  # QK-norm after the rotation
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
-        kwargs = {}
-        if self.n_kv_head != self.n_head:
-            if _SDPA_HAS_GQA:
-                kwargs["enable_gqa"] = True
-            else:
-                rep = self.n_head // self.n_kv_head
-                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        if window < T:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=_window_mask(T, window, q.device), **kwargs)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **kwargs)
-        y = y.transpose(1, 2).contiguous().view(B, T, -1)
-        return self.c_proj(y)
-
-    def _forward_cached(self, x, cos, sin, window: int, ve, cache) -> torch.Tensor:
-        """Same maths as forward, shaped for decoding: one matmul makes q, k and v (the cache keeps the
-        concatenated weight for the generation), and q and k are rotated and normalised together."""
-        B, T, _ = x.shape
-        H, Hkv = self.n_head, self.n_kv_head
-        qkv = F.linear(x, cache.fused_qkv_weight(self)).view(B, T, H + 2 * Hkv, self.head_dim)
-        qk, v = qkv[:, :, : H + Hkv], qkv[:, :, H + Hkv :]
-        if ve is not None:
-            gate = 2.0 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate_channels]))
-            v = v + gate.unsqueeze(-1) * ve.view(B, T, Hkv, self.head_dim).to(v.dtype)
-        qk = norm(apply_rotary(qk, cos, sin))  # rotation and QK-norm act on each head's vector alone
-        return self.c_proj(self._attend_cached(qk[:, :, :H], qk[:, :, H:], v, window, cache))
-
-    def _attend_cached(self, q, k, v, window: int, cache) -> torch.Tensor:
-        """Attention of new queries (B, T, H, D) over the cache after writing k, v into it; (B, T, H * D)."""
-        B, T = q.shape[:2]
-        keys, values = cache.insert(self.layer_idx, k, v)  # (B, H_kv, pos + T, D)
-        end = keys.size(2)
-        if T == 1:
-            # one query: the window is a slice of the cache, and the query heads that share a kv head become
-            # rows of one (B, H_kv, rep, D) query, so no mask is needed unless rows are left-padded
-            lo = max(0, end - 1 - window)
-            rep = self.n_head // self.n_kv_head
-            qg = q.view(B, self.n_kv_head, rep, self.head_dim)
-            y = F.scaled_dot_product_attention(
-                qg, keys[:, :, lo:], values[:, :, lo:], attn_mask=cache.decode_mask(lo, end)
-            )
-            return y.reshape(B, 1, -1)
-        q = q.transpose(1, 2)
-        kwargs = {}
-        if self.n_kv_head != self.n_head:
-            if _SDPA_HAS_GQA:
-                kwargs["enable_gqa"] = True
-            else:
-                rep = self.n_head // self.n_kv_head
-                keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
-        mask = cache.attention_mask(T, window)
-        if mask is None:
-            y = F.scaled_dot_product_attention(q, keys, values, is_causal=True, **kwargs)
-        else:
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, **kwargs)
-        return y.transpose(1, 2).reshape(B, T, -1)
 
 
 class MLP(nn.Module):
@@ -236,7 +150,8 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
-        self.attn = CausalSelfAttention(config, layer_idx)
+        has_ve = config.value_embeds and has_value_embed(layer_idx, config.n_layer)
+        self.attn = CausalSelfAttention(config, layer_idx, has_ve)
         self.mlp = MLP(config)
 
     def forward(self, x, cos, sin, window: int, ve=None, kv_cache=None):
@@ -246,7 +161,7 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    # rotary tables cover this many times the training context (generation may run a little longer)
+    # rotary tables cover this many times the training context (prompts and generation may run that long)
     ROTARY_OVERSIZE = 10
 
     def __init__(self, config: GPTConfig):
@@ -278,6 +193,10 @@ class GPT(nn.Module):
         else:
             self.resid_lambdas = None
             self.x0_lambdas = None
+        # top-level (not in transformer.h): the smear gate is a tiny matrix but no Muon matrix
+        self.smear_gate = Linear(SMEAR_CHANNELS, 1, bias=False) if config.smear else None
+        self.smear_lambda = nn.Parameter(torch.zeros(1)) if config.smear else None
+        self.backout_lambda = nn.Parameter(torch.zeros(1)) if config.backout else None
         self.rotary_len = config.sequence_len * self.ROTARY_OVERSIZE
         cos, sin = self._rotary_tables(self.rotary_len, device=self.transformer.wte.weight.device)
         self.register_buffer("cos", cos, persistent=False)
@@ -286,13 +205,14 @@ class GPT(nn.Module):
         self.register_load_state_dict_post_hook(GPT._after_load)
 
     @classmethod
-    def build(cls, config: GPTConfig, device: str | torch.device = "cpu", init_weights: bool = True) -> "GPT":
+    def build(cls, config: GPTConfig, device: str | torch.device = "cpu", init_weights: bool = True,
+              compute_dtype: torch.dtype | None = None) -> "GPT":
         """Make a model the way the reference does: shapes on the meta device, storage on `device`, then
         `init_weights()`. Seed the global RNG right before: the init draws are the only ones consumed, so
         a seed gives the same weights as the reference's `manual_seed -> GPT on meta -> to_empty -> init`.
 
         init_weights=False leaves the parameters uninitialised (for loading a state dict next); the rotary
-        tables are computed on `device` either way.
+        tables are computed on `device` either way. compute_dtype: see `set_compute_dtype` (None = fp32).
         """
         try:
             device = torch.device(device)
@@ -307,7 +227,20 @@ class GPT(nn.Module):
             model.init_weights()
         else:
             model.init_buffers()
+        if compute_dtype is not None:
+            model.set_compute_dtype(compute_dtype)
         return model
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> "GPT":
+        """Store the token and value embedding tables in `dtype`; activations then start (and stay) in it.
+
+        Every other parameter stays fp32 (the master weights); the Linear layers cast them per matmul. This is
+        the reference's compute-dtype scheme (replacing autocast). fp32 restores the default.
+        """
+        self.transformer.wte.to(dtype=dtype)
+        if self.value_embeds is not None:
+            self.value_embeds.to(dtype=dtype)
+        return self
 
     # -- initialisation ---------------------------------------------------------------------------------
     def _rotary_tables(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -336,60 +269,9 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Initialise every parameter and buffer in place with the reference scheme named by `config.init`.
-
-        The random draws come from the global RNG of the parameters' device, in exactly this order (the
-        reference's), so one seed gives the reference's initial weights:
-
-        "v0" (first release; its `model.apply(...)` visits the modules in registration order):
-            1. wte                                       N(0, 1)
-            2. for each layer: attn.c_q, attn.c_k, attn.c_v, attn.c_proj, [attn.ve_gate], mlp.c_fc, mlp.c_proj
-                                                         N(0, 1/sqrt(fan_in) * min(1, sqrt(fan_out/fan_in)))
-            3. lm_head                                   N(0, same rule)
-            4. [value_embeds, ascending layer]           N(0, 1)
-            then, drawing nothing: lm_head, attn.c_proj, mlp.c_proj (and ve_gate) set to 0.
-        "jan2026" (commit 348fbb3), s = sqrt(3) / sqrt(n_embd) (the std of N(0, 1/n_embd)):
-            1. wte                                       N(0, 1)
-            2. lm_head                                   N(0, 0.001)
-            3. for each layer: attn.c_q, attn.c_k, attn.c_v, mlp.c_fc
-                                                         U(-s, s)
-            4. [value_embeds, ascending layer]           U(-s, s)
-            then, drawing nothing: attn.c_proj, mlp.c_proj, ve_gate = 0 (gate 1 at init),
-            resid_lambdas = 1, x0_lambdas = x0_init.
-        Bracketed items exist only with their switch on; in v0 they are this model's extensions and follow
-        the module walk. The reference pads its tables to a multiple of 64 rows, so parity needs such a vocab
-        (65,536 and 32,768 are). Scales are the reference's float expressions, so they match bit for bit.
-        """
-        cfg = self.config
-        blocks = list(self.transformer.h)
-        if cfg.init == "v0":
-            # pre-order walk: the leaves (the only modules with weights) come in the same order as apply()'s
-            for module in self.modules():
-                if isinstance(module, nn.Linear):
-                    fan_out, fan_in = module.weight.shape
-                    std = 1.0 / math.sqrt(fan_in) * min(1.0, math.sqrt(fan_out / fan_in))
-                    nn.init.normal_(module.weight, mean=0.0, std=std)
-                elif isinstance(module, nn.Embedding):
-                    nn.init.normal_(module.weight, mean=0.0, std=1.0)
-            nn.init.zeros_(self.lm_head.weight)
-        else:
-            s = 3**0.5 * cfg.n_embd**-0.5
-            nn.init.normal_(self.transformer.wte.weight, mean=0.0, std=1.0)
-            nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
-            for block in blocks:
-                for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
-                    nn.init.uniform_(lin.weight, -s, s)
-            if self.value_embeds is not None:
-                for emb in self.value_embeds.values():
-                    nn.init.uniform_(emb.weight, -s, s)
-        for block in blocks:
-            nn.init.zeros_(block.attn.c_proj.weight)
-            nn.init.zeros_(block.mlp.c_proj.weight)
-            if block.attn.ve_gate is not None:
-                nn.init.zeros_(block.attn.ve_gate.weight)  # gate = 2 * sigmoid(0) = 1
-        if self.resid_lambdas is not None:
-            self.resid_lambdas.fill_(1.0)
-            self.x0_lambdas.fill_(cfg.x0_init)
+        """Initialise every parameter and buffer in place with the scheme named by `config.init`; the random
+        draws come from the global RNG of the parameters' device in the reference's order (nanochat.gpt_init)."""
+        init_parameters(self)
         self.init_buffers()
 
     # -- forward ----------------------------------------------------------------------------------------
@@ -404,6 +286,9 @@ class GPT(nn.Module):
 
         With targets (B, T; -1 = ignore): the cross-entropy in fp32, 'mean' over non-ignored targets,
         'sum', or 'none' (B, T) with zeros at ignored positions.
+
+        T may exceed the training context up to the rotary table (ROTARY_OVERSIZE x sequence_len): every layer
+        then still looks back at most its window (sequence_len for the long layers), as the reference does.
 
         With a kv_cache (`nanochat.engine.KVCache`): idx continues the cached sequence at `kv_cache.pos`
         (rotary positions from there, windows over cached keys), its keys/values are written into the
@@ -432,10 +317,40 @@ class GPT(nn.Module):
             loss = loss.view(B, T)
         return loss
 
-    def _trunk(self, idx: torch.Tensor, cos, sin, kv_cache=None) -> torch.Tensor:
+    def _smear(self, x: torch.Tensor, kv_cache=None, positions=None) -> torch.Tensor:
+        """x[t] += smear_lambda * sigmoid(gate(x[t, :24])) * x[t-1] for every t with a previous token.
+
+        With a cache the previous token of the first new position is the cache's carried embedding (the
+        last normed embedding it saw, one per row); positions (B, T) of left-padded rows mark each row's
+        first real token (position 0), which has no previous token.
+        """
+        lam = self.smear_lambda.to(x.dtype)
+        carried = None
+        if kv_cache is not None:
+            carried = kv_cache.prev_embedding
+            if carried is None and kv_cache.pos > 0:
+                raise NanochatError("a smear model's KV cache lost its previous-token embedding")
+            kv_cache.prev_embedding = x[:, -1:]
+        if carried is None:
+            if x.size(1) < 2:
+                return x
+            cur, prev = x[:, 1:], x[:, :-1]
+        else:
+            cur, prev = x, (carried if x.size(1) == 1 else torch.cat([carried, x[:, :-1]], dim=1))
+        gate = lam * torch.sigmoid(self.smear_gate(cur[..., :SMEAR_CHANNELS]))
+        if positions is not None:
+            gate = gate * (positions[:, x.size(1) - cur.size(1):, None] > 0).to(gate.dtype)
+        mixed = cur + gate * prev
+        return mixed if carried is not None else torch.cat([x[:, :1], mixed], dim=1)
+
+    def _trunk(self, idx: torch.Tensor, cos, sin, kv_cache=None, positions=None) -> torch.Tensor:
         """Embedding and every block (the same path for training and cached generation); (B, T, d), not normed."""
         x = norm(self.transformer.wte(idx))
+        if self.smear_gate is not None:
+            x = self._smear(x, kv_cache, positions)
         x0 = x
+        backout_at = self.config.n_layer // 2 if self.backout_lambda is not None else -1
+        x_mid = None
         for i, block in enumerate(self.transformer.h):
             if self.resid_lambdas is not None:
                 x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
@@ -443,6 +358,10 @@ class GPT(nn.Module):
             if self.value_embeds is not None and str(i) in self.value_embeds:
                 ve = self.value_embeds[str(i)](idx)
             x = block(x, cos, sin, self.window_sizes[i], ve, kv_cache)
+            if i == backout_at:
+                x_mid = x
+        if x_mid is not None:
+            x = x - self.backout_lambda.to(x.dtype) * x_mid
         return x
 
     def _forward_cached(self, idx: torch.Tensor, kv_cache) -> torch.Tensor:
@@ -455,7 +374,7 @@ class GPT(nn.Module):
             cos, sin = self.cos[:, start : start + T], self.sin[:, start : start + T]
         else:  # left-padded rows: each row counts positions from its first real token
             cos, sin = self.cos[0][positions], self.sin[0][positions]  # (B, T, 1, D/2)
-        x = self._trunk(idx, cos, sin, kv_cache)
+        x = self._trunk(idx, cos, sin, kv_cache, positions)
         kv_cache.advance(T)
         logits = self.lm_head(norm(x[:, -1:])).float()
         cap = self.config.logit_softcap
@@ -467,25 +386,34 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def _smear_params(self) -> list[nn.Parameter]:
+        params = [self.smear_gate.weight, self.smear_lambda] if self.smear_gate is not None else []
+        return params + ([self.backout_lambda] if self.backout_lambda is not None else [])
+
     def num_scaling_params(self) -> dict[str, int]:
         """Parameter counts by role (the Jan-2026 horizon uses transformer_matrices + lm_head)."""
+        scalars = [self.resid_lambdas, self.x0_lambdas] if self.resid_lambdas is not None else []
         counts = {
             "wte": self.transformer.wte.weight.numel(),
             "value_embeds": sum(p.numel() for p in self.value_embeds.parameters()) if self.value_embeds else 0,
             "lm_head": self.lm_head.weight.numel(),
             "transformer_matrices": sum(p.numel() for p in self.transformer.h.parameters()),
-            "scalars": (self.resid_lambdas.numel() + self.x0_lambdas.numel()) if self.resid_lambdas is not None else 0,
+            "scalars": sum(p.numel() for p in scalars + self._smear_params()),
         }
         counts["total"] = sum(counts.values())
         return counts
 
     def estimate_flops(self) -> float:
-        """Training FLOPs per token: 6 x (params outside the embedding tables and scalars) + attention.
+        """Training FLOPs per token: 6 x (matmul weights) + attention.
 
-        Attention costs 12 * n_head * head_dim * (window seen) per layer (forward + backward).
+        Matmul weights are found by shape: every 2-D parameter except the embedding tables (lookups). So a
+        Linear swapped for another module type (an fp8 one) is still counted. Attention costs
+        12 * n_head * head_dim * (window seen) per layer (forward + backward).
         """
-        counts = self.num_scaling_params()
-        dense = counts["total"] - counts["wte"] - counts["value_embeds"] - counts["scalars"]
+        tables = {id(self.transformer.wte.weight)}
+        if self.value_embeds is not None:
+            tables |= {id(p) for p in self.value_embeds.parameters()}
+        dense = sum(p.numel() for p in self.parameters() if p.ndim == 2 and id(p) not in tables)
         cfg = self.config
         attn = sum(12 * cfg.n_head * cfg.head_dim * min(w, cfg.sequence_len) for w in self.window_sizes)
         return float(6 * dense + attn)
@@ -502,6 +430,8 @@ class GPT(nn.Module):
         if self.resid_lambdas is not None:
             groups["resid_scalars"] = [self.resid_lambdas]
             groups["x0_scalars"] = [self.x0_lambdas]
+        if self._smear_params():
+            groups["smear"] = self._smear_params()
         return groups
 
     # -- sampling ---------------------------------------------------------------------------------------

@@ -21,7 +21,9 @@ MEMINFO = Path("/proc/meminfo")
 UNIFIED_MEMORY_GPUS = ("GB10", "Orin", "Thor")
 
 
-PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true", "transformer-engine")
+# "bf16-cast" is the reference's compute-dtype scheme (Lightning runs "32-true"): fp32 master weights, bf16
+# embeddings and activations, Linear layers casting their weights (nanochat.gpt.GPT.set_compute_dtype)
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "bf16-cast", "64-true", "transformer-engine")
 
 
 @dataclass

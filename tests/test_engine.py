@@ -6,6 +6,7 @@ import torch.nn as nn
 from nanochat.common import NanochatError
 from nanochat.engine import Engine, KVCache, sample_next
 from nanochat.gpt import GPT, GPTConfig
+from nanochat.recipe import get_preset
 from nanochat.tokenizer import Tokenizer
 
 TOK = Tokenizer.byte_level()
@@ -14,11 +15,20 @@ END = TOK.encode_special("<|assistant_end|>")
 PY_START, PY_END = TOK.encode_special("<|python_start|>"), TOK.encode_special("<|python_end|>")
 OUT_START, OUT_END = TOK.encode_special("<|output_start|>"), TOK.encode_special("<|output_end|>")
 
+# the jul2026 preset's model switches (as nanochat.recipe states them)
+JUL2026 = dict(window_pattern="SSSL", short_window_frac=0.25, short_window_multiple=128, value_embeds=True,
+               ve_gate_channels=12, ve_gate_scale=3.0, resid_scalars=True, smear=True, backout=True, qk_scale=1.2,
+               rope_base=100000.0, logit_softcap=15.0, init="jul2026")
 FEATURES = {
     "plain": {},
     "windows": dict(window_pattern="SL"),
     "ve_resid": dict(value_embeds=True, resid_scalars=True),
     "all": dict(window_pattern="SSL", value_embeds=True, resid_scalars=True, init="jan2026", n_layer=3),
+    # the presets' model switches; short windows rounded to 8 so that they are shorter than the 64-token context
+    "v0": get_preset("v0").model,
+    "jan2026": {**get_preset("jan2026").model, "n_layer": 4},
+    "jul2026": dict(JUL2026, short_window_multiple=8, n_layer=4),
+    "smear_only": dict(smear=True, n_layer=3),
 }
 
 
@@ -45,6 +55,11 @@ def tiny_model(seed: int = 0, scale: float = 0.3, **kw) -> GPT:
         if model.x0_lambdas is not None:
             model.x0_lambdas.copy_(torch.rand(model.config.n_layer, generator=g))
             model.resid_lambdas.copy_(0.5 + torch.rand(model.config.n_layer, generator=g))
+        if model.smear_gate is not None:  # smear starts switched off (lambda 0): switch it on
+            model.smear_lambda.fill_(0.8)
+            model.smear_gate.weight.copy_(torch.randn(model.smear_gate.weight.shape, generator=g))
+        if model.backout_lambda is not None:
+            model.backout_lambda.fill_(0.4)
     return model
 
 
@@ -70,23 +85,28 @@ def test_cached_greedy_equals_full_recompute(name):
     assert len(set(cached)) > 5  # the model is not trivial
 
 
-@pytest.mark.parametrize("name", ["plain", "all"])
+@pytest.mark.parametrize("name", ["plain", "all", "jul2026"])
 def test_cached_logits_match_every_position(name):
     model = tiny_model(**FEATURES[name])
     ids = torch.randint(0, 300, (2, 70), generator=torch.Generator().manual_seed(3))
     full = model(ids)
     cache = KVCache.for_model(model, 2, 70)
     with torch.no_grad():
-        got = [model(ids[:, :30], kv_cache=cache)[:, -1]]
+        got = [model(ids[:, :20], kv_cache=cache)[:, -1]]
+        # a second multi-token chunk continues from the cache (smear: from the carried embedding)
+        got.append(model(ids[:, 20:30], kv_cache=cache)[:, -1])
         for t in range(30, 70):
             got.append(model(ids[:, t : t + 1], kv_cache=cache)[:, -1])
     assert cache.pos == 70
-    torch.testing.assert_close(torch.stack(got, 1), full[:, 29:], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.stack(got, 1), torch.cat([full[:, 19:20], full[:, 29:]], 1), atol=1e-4,
+                               rtol=1e-4)
 
 
-def test_left_padded_multi_token_forward_matches_unpadded():
-    """A padded cache fed several tokens at once (masked prefill) gives each row its unpadded result."""
-    model = tiny_model(**FEATURES["all"])
+@pytest.mark.parametrize("name", ["all", "jul2026"])
+def test_left_padded_multi_token_forward_matches_unpadded(name):
+    """A padded cache fed several tokens at once (masked prefill) gives each row its unpadded result
+    (with smear: a row's first real token takes nothing from the padding before it)."""
+    model = tiny_model(**FEATURES[name])
     prompts = [list(range(10, 40)), list(range(50, 62))]
     cache = KVCache.for_model(model, 2, 40, pad=[0, 18])
     with torch.no_grad():
@@ -123,8 +143,9 @@ def test_samples_differ_from_the_first_token_and_are_reproducible():
     assert greedy[0] == greedy[1] == greedy[2]
 
 
-def test_batched_prompts_of_different_lengths_match_one_at_a_time():
-    model = tiny_model(**FEATURES["all"])
+@pytest.mark.parametrize("name", ["all", "jul2026"])
+def test_batched_prompts_of_different_lengths_match_one_at_a_time(name):
+    model = tiny_model(**FEATURES[name])
     engine = Engine(model, TOK)
     prompts = [[BOS, 5, 6, 7], [BOS] + list(range(100, 130)), [BOS] + list(range(60, 72))]
     batched, masks = engine.generate_batch(prompts, num_samples=2, max_tokens=24, temperature=0.0)

@@ -112,6 +112,31 @@ def test_value_embeddings_get_a_clear_refusal(tok, tmp_path):
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
+JUL2026 = dict(window_pattern="SSSL", short_window_frac=0.25, short_window_multiple=8, value_embeds=True,
+               ve_gate_channels=12, ve_gate_scale=3.0, resid_scalars=True, smear=True, backout=True, qk_scale=1.2,
+               rope_base=100000.0, init="jul2026")
+
+
+def test_jul2026_blocks_are_refused_by_name_and_kept_in_our_layout(tok, tmp_path):
+    for switch, name in ((dict(smear=True), "smear"), (dict(backout=True), "backout"),
+                         (dict(qk_scale=1.2), "qk_scale=1.2")):
+        blockers = export.hf_blockers(GPTConfig(**switch))
+        assert len(blockers) == 1 and name in blockers[0]
+    model = tiny_model(tok, **JUL2026)
+    with pytest.raises(NanochatError) as err:
+        export.export_model(model, tok, tmp_path / "hf", hf="true")
+    message = str(err.value)
+    assert "\n" not in message and all(w in message for w in ("smear", "backout", "qk_scale", "value embeddings"))
+    assert not (tmp_path / "hf").exists()
+    result = export.export_model(model, tok, tmp_path / "own")  # hf=auto: our layout, every switch kept
+    assert not result["hf"]
+    loaded, _ = export.load_export(tmp_path / "own")
+    assert loaded.config == model.config
+    ids = torch.randint(0, tok.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))
+
+
 @pytest.fixture()
 def run_folder(tok, tmp_path):
     from nanochat.checkpoint import export_model as save_model_folder

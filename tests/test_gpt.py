@@ -32,10 +32,12 @@ def randomize_outputs(model: GPT, seed: int = 1) -> None:
 
 
 ALL_FEATURES = dict(window_pattern="SL", value_embeds=True, resid_scalars=True, init="jan2026")
+JUL_FEATURES = dict(window_pattern="SSSL", short_window_multiple=8, value_embeds=True, ve_gate_channels=12,
+                    ve_gate_scale=3.0, resid_scalars=True, smear=True, backout=True, qk_scale=1.2, init="jul2026")
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4, 6])
-@pytest.mark.parametrize("features", [{}, ALL_FEATURES])
+@pytest.mark.parametrize("features", [{}, ALL_FEATURES, JUL_FEATURES, dict(backout=True)])
 def test_param_count_analytic_equals_actual(depth, features):
     cfg = model_config(depth, vocab_size=101, seq_len=16, head_dim=32, **features)
     with torch.device("meta"):
@@ -222,6 +224,43 @@ def test_param_groups_cover_everything():
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
     assert all(p.ndim == 2 for p in groups["matrix"])
     assert set(build(tiny()).param_groups()) == {"matrix", "embedding", "lm_head"}
+
+
+def test_smear_group_and_counts():
+    model = build(tiny(**JUL_FEATURES))
+    groups = model.param_groups()
+    assert groups["smear"] == [model.smear_gate.weight, model.smear_lambda, model.backout_lambda]
+    ids = [id(p) for ps in groups.values() for p in ps]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    assert all(p.ndim == 2 for p in groups["matrix"])  # ve_gate in the blocks (Muon), the smear gate outside
+    counts = model.num_scaling_params()
+    assert counts["scalars"] == 2 * 2 + 24 + 1 + 1
+    assert counts["total"] == model.num_params()
+    only_backout = build(tiny(backout=True))
+    assert only_backout.param_groups()["smear"] == [only_backout.backout_lambda]
+    # FLOPs count every 2-D weight but the embedding tables, the smear gate included (as the reference does)
+    cfg = model.config
+    tables = cfg.vocab_size * cfg.n_embd + sum(p.numel() for p in model.value_embeds.parameters())
+    dense = counts["transformer_matrices"] + counts["lm_head"] + 24
+    attn = sum(12 * cfg.n_head * cfg.head_dim * w for w in model.window_sizes)
+    assert model.estimate_flops() == 6 * dense + attn
+    assert tables + dense + 2 * 2 + 2 == model.num_params()
+
+
+def test_flops_follow_parameter_shapes_not_module_classes():
+    """Swapping a Linear for another module with the same weight (as an fp8 conversion does) keeps its FLOPs."""
+    model = build(tiny(**JUL_FEATURES))
+    before = model.estimate_flops()
+
+    class Other(torch.nn.Module):
+        def __init__(self, weight):
+            super().__init__()
+            self.weight = weight
+
+    for block in model.transformer.h:
+        block.mlp.c_fc = Other(block.mlp.c_fc.weight)
+    model.lm_head = Other(model.lm_head.weight)
+    assert model.estimate_flops() == before
 
 
 def test_value_embeddings_and_scalars_init():

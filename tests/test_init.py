@@ -14,6 +14,9 @@ from nanochat.gpt import GPT, GPTConfig
 
 JAN = dict(window_pattern="SSSL", short_window_frac=0.5, value_embeds=True, resid_scalars=True, x0_init=0.1,
            init="jan2026")
+JUL = dict(window_pattern="SSSL", short_window_frac=0.25, short_window_multiple=128, value_embeds=True,
+           ve_gate_channels=12, ve_gate_scale=3.0, resid_scalars=True, smear=True, backout=True, qk_scale=1.2,
+           rope_base=100000.0, init="jul2026")
 
 
 def tiny(**kw) -> GPTConfig:
@@ -75,17 +78,48 @@ def replay_jan2026(cfg: GPTConfig, device="cpu") -> dict[str, torch.Tensor]:
     return out
 
 
+def replay_jul2026(cfg: GPTConfig, device="cpu") -> dict[str, torch.Tensor]:
+    """HEAD 92d63d4: wte, lm_head, per block c_q c_k c_v c_fc(0.4 s), smear gate, value embeddings, ve gates."""
+    out = {}
+    s = 3**0.5 * cfg.n_embd**-0.5
+    out["transformer.wte.weight"] = torch.empty(cfg.vocab_size, cfg.n_embd, device=device).normal_(0.0, 0.8)
+    out["lm_head.weight"] = torch.empty(cfg.vocab_size, cfg.n_embd, device=device).normal_(0.0, 0.001)
+    shapes = dict(_linear_shapes(cfg))
+    for i in range(cfg.n_layer):
+        for name in ("attn.c_q", "attn.c_k", "attn.c_v", "mlp.c_fc"):
+            bound = s * 0.4 if name == "mlp.c_fc" else s
+            out[f"transformer.h.{i}.{name}.weight"] = torch.empty(shapes[name], device=device).uniform_(-bound, bound)
+    if cfg.smear:
+        out["smear_gate.weight"] = torch.empty(1, 24, device=device).uniform_(0.0, 0.02)
+    ve_layers = [i for i in range(cfg.n_layer) if i % 2 == (cfg.n_layer - 1) % 2] if cfg.value_embeds else []
+    kv_dim = cfg.n_kv_head * cfg.head_dim
+    for i in ve_layers:
+        out[f"value_embeds.{i}.weight"] = torch.empty(cfg.vocab_size, kv_dim, device=device).uniform_(-s, s)
+    for i in ve_layers:
+        gate = torch.empty(cfg.n_kv_head, min(cfg.ve_gate_channels, cfg.n_embd), device=device).uniform_(0.0, 0.02)
+        out[f"transformer.h.{i}.attn.ve_gate.weight"] = gate
+    return out
+
+
 def expected_constants(cfg: GPTConfig) -> dict[str, float]:
     """Every parameter the replay does not draw: its constant value."""
     consts = {"lm_head.weight": 0.0} if cfg.init == "v0" else {}
     for i in range(cfg.n_layer):
         consts[f"transformer.h.{i}.attn.c_proj.weight"] = 0.0
         consts[f"transformer.h.{i}.mlp.c_proj.weight"] = 0.0
-        if cfg.value_embeds and i % 2 == (cfg.n_layer - 1) % 2:
+        if cfg.value_embeds and i % 2 == (cfg.n_layer - 1) % 2 and cfg.init != "jul2026":
             consts[f"transformer.h.{i}.attn.ve_gate.weight"] = 0.0
-    if cfg.resid_scalars:
+    if cfg.resid_scalars and cfg.init == "jul2026":  # ramps over the layers, the reference's float expressions
+        L = cfg.n_layer
+        consts["resid_lambdas"] = torch.tensor([1.15 - (0.10 * i / max(L - 1, 1)) for i in range(L)])
+        consts["x0_lambdas"] = torch.tensor([0.20 - (0.15 * i / max(L - 1, 1)) for i in range(L)])
+    elif cfg.resid_scalars:
         consts["resid_lambdas"] = 1.0
         consts["x0_lambdas"] = cfg.x0_init
+    if cfg.smear:
+        consts["smear_lambda"] = 0.0
+    if cfg.backout:
+        consts["backout_lambda"] = 0.2
     return consts
 
 
@@ -95,6 +129,9 @@ CASES = {
     "jan2026": (tiny(**JAN), replay_jan2026),
     "jan2026-d11": (tiny(n_layer=11, n_embd=32, n_head=2, n_kv_head=1, **JAN), replay_jan2026),  # layer "10" after "2"
     "jan2026-plain": (tiny(init="jan2026"), replay_jan2026),
+    "jul2026": (tiny(**JUL), replay_jul2026),
+    "jul2026-d5-mqa": (tiny(n_layer=5, n_kv_head=1, **JUL), replay_jul2026),
+    "jul2026-plain": (tiny(init="jul2026"), replay_jul2026),
 }
 
 
@@ -121,9 +158,9 @@ def test_build_draws_exactly_the_reference_sequence(case):
     check_against_replay(model, cfg, drawn, after_build, after_replay)
 
 
-@pytest.mark.parametrize("init", ["v0", "jan2026"])
+@pytest.mark.parametrize("init", ["v0", "jan2026", "jul2026"])
 def test_same_seed_same_model_other_seed_other_model(init):
-    cfg = tiny(**(JAN if init == "jan2026" else {}))
+    cfg = tiny(**{"v0": {}, "jan2026": JAN, "jul2026": JUL}[init])
     a, b, c = seeded_build(cfg, 7), seeded_build(cfg, 7), seeded_build(cfg, 8)
     for name, tensor in a.state_dict().items():
         assert torch.equal(tensor, b.state_dict()[name]), name
@@ -135,7 +172,7 @@ def _boom(*args, **kwargs):
     raise AssertionError("a default initialiser ran")
 
 
-@pytest.mark.parametrize("cfg", [tiny(), tiny(**JAN)], ids=["v0", "jan2026"])
+@pytest.mark.parametrize("cfg", [tiny(), tiny(**JAN), tiny(**JUL)], ids=["v0", "jan2026", "jul2026"])
 def test_no_default_initialiser_runs(monkeypatch, cfg):
     monkeypatch.setattr(nn.init, "kaiming_uniform_", _boom)
     monkeypatch.setattr(nn.Linear, "reset_parameters", _boom)
@@ -242,8 +279,33 @@ def test_jan2026_statistics_per_layer():
     assert torch.all(model.resid_lambdas == 1.0) and torch.all(model.x0_lambdas == 0.0)
 
 
+def test_jul2026_statistics_per_layer():
+    cfg = GPTConfig(**{**STATS_CFG, **JUL, "n_layer": 4})
+    model = seeded_build(cfg, 0)
+    s = math.sqrt(3) / math.sqrt(cfg.n_embd)
+    _assert_normal(model.transformer.wte.weight, 0.8, "wte")
+    _assert_normal(model.lm_head.weight, 0.001, "lm_head")
+    for i, block in enumerate(model.transformer.h):
+        for name, lin, bound in (("c_q", block.attn.c_q, s), ("c_k", block.attn.c_k, s), ("c_v", block.attn.c_v, s),
+                                 ("c_fc", block.mlp.c_fc, 0.4 * s)):
+            _assert_uniform(lin.weight, bound, f"{i}.{name}")
+        assert torch.count_nonzero(block.attn.c_proj.weight) == 0
+        assert torch.count_nonzero(block.mlp.c_proj.weight) == 0
+        if block.attn.ve_gate is not None:  # U(0, 0.02): every gate starts slightly above 3 * sigmoid(0)
+            w = block.attn.ve_gate.weight
+            assert w.shape == (cfg.n_kv_head, 12) and w.min() >= 0 and 0.015 < w.max() <= 0.02
+    assert sorted(model.value_embeds.keys()) == ["1", "3"]
+    for key in ("1", "3"):
+        _assert_uniform(model.value_embeds[key].weight, s, f"value_embeds.{key}")
+    torch.testing.assert_close(model.resid_lambdas, torch.tensor([1.15, 1.15 - 0.1 / 3, 1.15 - 0.2 / 3, 1.05]))
+    torch.testing.assert_close(model.x0_lambdas, torch.tensor([0.20, 0.15, 0.10, 0.05]))
+    gate = model.smear_gate.weight
+    assert gate.shape == (1, 24) and gate.min() >= 0 and 0.01 < gate.max() <= 0.02
+    assert model.smear_lambda.item() == 0.0 and model.backout_lambda.item() == pytest.approx(0.2)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("case", ["v0", "jan2026"])
+@pytest.mark.parametrize("case", ["v0", "jan2026", "jul2026"])
 def test_cuda_build_draws_the_reference_sequence(case):
     cfg, replay = CASES[case]
     torch.manual_seed(5)

@@ -22,7 +22,8 @@ from nanochat.recipe import BatchSettings, HorizonSettings, OptimSettings, Sched
 class ModelConfig:
     """Depth is the one dial: width, heads, lr scaling and horizon follow from it. Switches left null = the preset's."""
 
-    preset: str = knob("v0", "reference recipe (v0 = first release, jan2026 = commit 348fbb3); docs/presets.md")
+    preset: str = knob("v0", "reference recipe (v0 = first release, jan2026 = commit 348fbb3, jul2026 = commit "
+                             "92d63d4); docs/presets.md")
     depth: int = knob(20, "transformer layers (d_model = aspect_ratio x depth)", low=1)
     aspect_ratio: int = knob(64, "d_model per layer (rounded up to a multiple of head_dim)", low=1)
     head_dim: int = knob(128, "attention head width", low=2)
@@ -36,6 +37,13 @@ class ModelConfig:
     value_embeds: Optional[bool] = knob(None, "value embeddings on alternate layers")
     resid_scalars: Optional[bool] = knob(None, "per-layer residual scalars")
     x0_init: Optional[float] = knob(None, "initial x0 residual scalar")
+    short_window_multiple: Optional[int] = knob(None, "short window rounded up to a multiple of this (jul2026 128)",
+                                                low=1)
+    ve_gate_scale: Optional[float] = knob(None, "value-embedding gate = this x sigmoid (jan2026 2, jul2026 3)",
+                                          low=1e-9)
+    qk_scale: Optional[float] = knob(None, "queries and keys multiplied by this after QK-norm (jul2026 1.2)", low=1e-9)
+    smear: Optional[bool] = knob(None, "mix a gated share of the previous token's embedding into each token")
+    backout: Optional[bool] = knob(None, "subtract the scaled mid-depth residual before the final norm")
 
 
 MODEL_SHAPE_KEYS = ("preset", "depth", "aspect_ratio", "head_dim", "sequence_len", "n_kv_head")  # plan() arguments

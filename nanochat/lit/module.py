@@ -19,16 +19,22 @@ from dataclasses import asdict
 import lightning as L
 import torch
 
-from nanochat.gpt import GPT
+from nanochat.gpt import GPT, cast_compute_dtype
 from nanochat.loss_eval import bpb_sums
 from nanochat.optim import build_optimizer, lr_multiplier, update_muon_groups
 from nanochat.scaling import Plan
 
 
+def lightning_precision(precision: str) -> str:
+    """What the Trainer gets for a hardware precision: "bf16-cast" is done by the model itself (no autocast)."""
+    return "32-true" if str(precision) == "bf16-cast" else str(precision)
+
+
 class NanochatLM(L.LightningModule):
     def __init__(self, plan: Plan, token_bytes: torch.Tensor, compile: bool = False, init_from: str | None = None,
-                 fp8: bool = False):
+                 fp8: bool = False, precision: str = "32-true"):
         super().__init__()
+        self.compute_precision = str(precision)  # "bf16-cast": embeddings (hence activations) in bf16 on sm80+ GPUs
         self.plan = plan
         self.config = plan.model
         self.compile_model = compile
@@ -44,7 +50,9 @@ class NanochatLM(L.LightningModule):
         if self.model is not None:
             return
         # meta construction then the reference's init draws (skipped when weights are loaded right after)
-        model = GPT.build(self.config, device=self.device, init_weights=not self.init_from)
+        compute_dtype = cast_compute_dtype(self.device) if self.compute_precision == "bf16-cast" else None
+        model = GPT.build(self.config, device=self.device, init_weights=not self.init_from,
+                          compute_dtype=compute_dtype)
         if self.init_from:
             from nanochat.checkpoint import load_state_dict
 
