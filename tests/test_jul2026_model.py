@@ -23,6 +23,15 @@ JUL = dict(window_pattern="SSSL", short_window_frac=0.25, short_window_multiple=
            rope_base=100000.0, logit_softcap=15.0, init="jul2026")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine waiting for a second one costs a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny(**kw) -> GPTConfig:
     base = dict(sequence_len=32, vocab_size=128, n_layer=4, n_head=2, n_kv_head=1, n_embd=64)
     base.update(kw)
@@ -166,6 +175,37 @@ def test_bf16_cast_precision_on_cpu():
     torch.manual_seed(0)
     then = GPT.build(cfg).set_compute_dtype(torch.bfloat16)
     assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), then.state_dict().values()))
+
+
+def _cuda_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+
+
+@pytest.mark.skipif(not _cuda_bf16(), reason="needs a CUDA GPU with bf16 (sm80+)")
+def test_bf16_cast_on_cuda_trains_and_decodes():
+    from nanochat.engine import KVCache
+
+    cfg = tiny(sequence_len=64, **{**JUL, "short_window_multiple": 16})
+    assert cast_compute_dtype("cuda") == torch.bfloat16
+    torch.manual_seed(0)
+    model = GPT.build(cfg, device="cuda", compute_dtype=torch.bfloat16)
+    assert model.transformer.wte.weight.dtype == torch.bfloat16 and model.lm_head.weight.dtype == torch.float32
+    g = torch.Generator(device="cuda").manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_((0.1 * torch.randn(p.shape, generator=g, device="cuda")).to(p.dtype))
+    idx = torch.randint(0, 128, (2, 64), generator=g, device="cuda")
+    loss = model(idx, idx)
+    loss.backward()
+    assert torch.isfinite(loss) and model.transformer.h[0].attn.c_q.weight.grad.dtype == torch.float32
+    model.eval()
+    with torch.no_grad():
+        full = model(idx)
+        cache = KVCache.for_model(model, 2, 64)
+        assert cache.k.dtype == torch.bfloat16
+        got = [model(idx[:, :40], kv_cache=cache)[:, -1]]
+        got += [model(idx[:, t : t + 1], kv_cache=cache)[:, -1] for t in range(40, 64)]
+    torch.testing.assert_close(torch.stack(got, 1), full[:, 39:], atol=0.15, rtol=0.05)
 
 
 # -- parity with the reference implementation (only with a checkout) ---------------------------------------------
