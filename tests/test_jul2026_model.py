@@ -258,3 +258,25 @@ def test_init_and_forward_match_the_reference(tmp_path, dtype):
     model.load_state_dict(ref["state"])
     with torch.no_grad():
         assert torch.equal(model(ref["idx"]), ref["logits"])
+
+
+def test_lightning_module_builds_the_bf16_cast_model(monkeypatch):
+    import nanochat.lit.module as lit_module
+    from nanochat import scaling
+
+    assert lit_module.lightning_precision("bf16-cast") == "32-true"  # no autocast: the model casts
+    assert lit_module.lightning_precision("bf16-mixed") == "bf16-mixed"
+    cfg = scaling.model_config(2, vocab_size=512, seq_len=32, head_dim=64, **{**JUL, "short_window_multiple": 8})
+    plan = scaling.plan(cfg, device_batch_size=2, total_batch_tokens=64, num_iterations=2)
+    module = lit_module.NanochatLM(plan, torch.ones(512, dtype=torch.int32), precision="bf16-cast")
+    module.configure_model()  # on CPU: fp32, identical to 32-true
+    assert module.model.transformer.wte.weight.dtype == torch.float32
+    monkeypatch.setattr(lit_module, "cast_compute_dtype", lambda device: torch.bfloat16)  # as on an sm80+ GPU
+    module = lit_module.NanochatLM(plan, torch.ones(512, dtype=torch.int32), precision="bf16-cast")
+    module.configure_model()
+    model = module.model
+    assert model.transformer.wte.weight.dtype == torch.bfloat16 and model.value_embeds["1"].weight.dtype == torch.bfloat16
+    assert model.lm_head.weight.dtype == torch.float32
+    plain = lit_module.NanochatLM(plan, torch.ones(512, dtype=torch.int32), precision="bf16-mixed")
+    plain.configure_model()
+    assert plain.model.transformer.wte.weight.dtype == torch.float32
