@@ -293,6 +293,7 @@ class Plan:
             extras.append("value embeddings")
         if m.resid_scalars:
             extras.append("residual scalars")
+        extras += [name for name in ("smear", "backout") if getattr(m, name, False)]
         if extras:
             lines.append("  features   " + ", ".join(extras))
         lines += [

@@ -264,3 +264,33 @@ def test_hydra_stage_auto_batch_reaches_the_plan():
     bad = compose("train", ["hardware=cpu", "stage.total_batch_tokens=lots"])
     with pytest.raises(NanochatError, match="^stage.total_batch_tokens: 'lots' is not allowed"):
         validate(bad)
+
+
+def test_plan_momentum_kwargs_drive_the_reference_schedule():
+    p = plan(12, preset="jul2026", num_iterations=1000)
+    W = nn.Parameter(torch.randn(4, 4))
+    opt = MuonAdamW([dict(kind="muon", params=[W], lr=0.02, weight_decay=p.optim.muon_weight_decay,
+                          weight_decay_schedule=p.optim.muon_weight_decay_schedule)])
+    for step in (0, 200, 400, 349, 350, 700, 999):
+        update_muon_groups(opt, step, p.num_steps, **p.momentum_kwargs())
+        assert opt.param_groups[0]["momentum"] == pytest.approx(reference_momentum(step, 1000, 0.65))
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.28 * 0.5 * (1 + math.cos(math.pi * 0.999)))
+
+
+@pytest.mark.slow
+def test_jul2026_trains_end_to_end(tiny_env):
+    import json
+
+    from tests.helpers import run_train, tiny_train_overrides
+
+    root, corpus, tok = tiny_env
+    proc = run_train(tiny_train_overrides("jul2026_e2e", corpus, tok, steps=3, **{"model.preset": "jul2026"}), root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MuonEq and Muon+" in proc.stdout and "warmup 40 steps" in proc.stdout
+    summary = json.loads((root / "outputs" / "jul2026_e2e" / "summary.json").read_text())
+    assert summary["plan"]["preset"] == "jul2026" and math.isfinite(summary["val_bpb"])
+    ckpt = torch.load(root / "outputs" / "jul2026_e2e" / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
+    groups = {g["name"]: g for g in ckpt["optimizer_states"][0]["param_groups"]}
+    assert groups["smear"]["lr"] == pytest.approx(0.2 * 4 / 40)  # fixed lr x warm-up, as set for a 4th step
+    assert groups["matrix"]["row_equilibration"] and groups["matrix"]["momentum"] < 0.86
