@@ -164,7 +164,8 @@ def test_bestfit_matches_the_reference_packer(rank, world, buffer):
 
 @pytest.fixture()
 def outputs(tmp_path):
-    """outputs/ with a base model (its run's plan: 2,048 tokens per step, 2 rows per device) and a newer mid model."""
+    """outputs/ with a base model (its run's plan: jan2026, 2,048 tokens per step, 2 rows per device) and a newer mid
+    model."""
     from nanochat.checkpoint import export_model
     from nanochat.gpt import GPT, GPTConfig
     from nanochat.layout import set_outputs_root
@@ -174,7 +175,7 @@ def outputs(tmp_path):
                                 n_embd=64))
     root = tmp_path / "outputs"
     export_model(model, TOK, root / "base" / "d1" / "model",
-                 meta={"stage": "base", "plan": {"total_batch_tokens": 2048, "device_batch_size": 2}})
+                 meta={"stage": "base", "plan": {"preset": "jan2026", "total_batch_tokens": 2048, "device_batch_size": 2}})
     export_model(model, TOK, root / "mid" / "d1" / "model",
                  meta={"stage": "mid", "plan": {"total_batch_tokens": 4096, "device_batch_size": 8}})
     set_outputs_root(root)
@@ -189,13 +190,16 @@ def prepare(tmp_path, *overrides):
     return sft.prepare(cfg, tmp_path / "run"), cfg
 
 
-def test_sft2026_starts_from_base_with_its_schedule_and_the_base_batch(outputs, tmp_path, capsys):
+def test_sft2026_starts_from_base_with_its_schedule_and_the_base_run_s_batch(outputs, tmp_path, capsys):
     from nanochat.optim import lr_multiplier
 
     run, cfg = prepare(tmp_path, "mixture=offline_sft2026")
     assert run.init_from == str(outputs / "base" / "d1" / "model")  # not the newer mid model
     p = run.plan
     assert (p.optim.lr_multiplier, p.optim.muon_weight_decay, p.grad_clip) == (0.8, 0.0, 0.0)
+    assert p.preset == "jan2026" and p.lr_scale == pytest.approx(0.8)  # the base run's preset; no batch scaling
+    assert (p.optim.momentum_start, p.optim.momentum_end, p.optim.momentum_warmup, p.optim.momentum_final) == (
+        0.85, 0.95, 300, 0.0)
     assert (p.schedule.warmup_steps, p.schedule.warmdown_ratio, p.schedule.final_lr_frac) == (0, 0.5, 0.0)
     lrs = [lr_multiplier(s, p.num_steps, **p.schedule_kwargs()) for s in range(p.num_steps + 1)]
     assert lrs[:6] == [1.0] * 6 and lrs[6:] == pytest.approx([0.8, 0.6, 0.4, 0.2, 0.0])  # flat, last 50% to 0
@@ -204,6 +208,7 @@ def test_sft2026_starts_from_base_with_its_schedule_and_the_base_batch(outputs, 
     assert (cfg.stage.lr_multiplier, cfg.stage.total_batch_tokens) == (0.8, 2048)  # the config the run records
     printed = capsys.readouterr().out
     assert "mixture offline_sft2026 - best-fit packed rows" in printed and "lr_multiplier=0.8" in printed
+    assert "preset jan2026 from the input model's run" in printed
     assert f"{outputs / 'base' / 'd1' / 'model'} (base model)" in printed and "input model's run" in printed
 
 

@@ -86,7 +86,7 @@ def mixture_config(cfg: DictConfig) -> dict:
 CHAT_STAGES = ("mid", "sft")
 RECIPE_FIELDS = {"stage": "the stage it is for", "starts_from": "stages of the input model, in order of preference",
                  "layout": "rows: pad (one conversation each) or bestfit (packed)",
-                 "inherit_batch": "total batch tokens and device batch of the input model's run",
+                 "inherit_run": "model.preset, total batch tokens and rows per device of the input model's run",
                  "settings": "stage keys"}
 RECIPE_LAYOUTS = ("pad", "bestfit")
 
@@ -132,8 +132,8 @@ def stock_stage_values(name: str) -> dict:
     return {**stock, **conf}
 
 
-def command_line_stage_keys() -> set[str]:
-    """Stage keys named by this process's overrides (`stage.<key>=...`; the pipeline passes its options so)."""
+def command_line_keys(group: str = "stage") -> set[str]:
+    """Keys of a group named by this process's overrides (`stage.<key>=...`; the pipeline passes its options so)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
@@ -141,7 +141,7 @@ def command_line_stage_keys() -> set[str]:
     keys = set()
     for override in HydraConfig.get().overrides.task:
         key = override.split("=", 1)[0].lstrip("+~")
-        if key.startswith("stage."):
+        if key.startswith(f"{group}."):
             keys.add(key.split(".")[1])
     return keys
 
@@ -149,7 +149,7 @@ def command_line_stage_keys() -> set[str]:
 def keys_set_by_run(cfg: DictConfig, keys) -> set[str]:
     """Which of these stage keys the run sets itself: on the command line, or to other than the stock value."""
     stock = stock_stage_values(cfg.stage.name)
-    given = command_line_stage_keys()
+    given = command_line_keys("stage")
     out = set()
     for key in keys:
         value = cfg.stage.get(key)
@@ -180,8 +180,15 @@ def apply_recipe(cfg: DictConfig) -> dict:
     return {"recipe": recipe, "applied": applied, "kept": kept}
 
 
-def recorded_batch(source: Path, meta: dict) -> tuple[dict, str | None]:
-    """({"total_batch_tokens", "device_batch_size"} the input model's run trained with, where they were read).
+def preset_set_by_run(cfg: DictConfig) -> bool:
+    """Whether the run chooses model.preset itself (on the command line, or other than the schema's default)."""
+    from nanochat.config.schema import ModelConfig
+
+    return "preset" in command_line_keys("model") or cfg.model.preset != ModelConfig.preset
+
+
+def recorded_run(source: Path, meta: dict) -> tuple[dict, str | None]:
+    """({"total_batch_tokens", "device_batch_size", "preset"} the input model's run trained with, where read).
 
     Read from the plan the runner stores in the model folder's metadata, else the run folder's summary.json;
     ({}, None) when neither records one (a foreign model).
@@ -200,6 +207,8 @@ def recorded_batch(source: Path, meta: dict) -> tuple[dict, str | None]:
     if not isinstance(plan, dict):
         return {}, None
     out = {k: int(plan[k]) for k in ("total_batch_tokens", "device_batch_size") if isinstance(plan.get(k), int)}
+    if isinstance(plan.get("preset"), str):
+        out["preset"] = plan["preset"]
     return out, (where if out else None)
 
 

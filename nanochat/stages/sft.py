@@ -5,8 +5,9 @@
   conversations per step; LR = 0.02 x the base LRs, linear decay to 0 (conf/stage/sft.yaml).
 - Packed rows (`mixture=sft2026`: the reference's SFT since 2026, no mid-training). The mixture's recipe starts
   from the latest base model, packs whole conversations best-fit into rows of the context (the rest of a row
-  padded, assistant-only targets), trains with the batch the base run trained with (total tokens and rows per
-  device, unless set), LR x 0.8, flat then a linear warmdown over the last 50% to 0, Muon weight decay 0.
+  padded, assistant-only targets), trains with the preset and batch the base run trained with (total tokens and
+  rows per device, unless set), LR x 0.8 (no batch scaling), flat then a linear warmdown over the last 50% to 0,
+  Muon weight decay 0, Muon momentum 0.85 -> 0.95 over 300 steps, no gradient clipping.
 
 Either way the loss is summed over supervised tokens and divided by their count across the whole optimizer step
 and all ranks (nanochat.lit.module), so splitting a step into micro-batches changes nothing and a micro-batch
@@ -21,7 +22,8 @@ from omegaconf import DictConfig
 from nanochat.common import NanochatError
 from nanochat.lit.runner import StageRun, build_plan, run_training, token_batch, world_size
 from nanochat.stages.chat_common import (apply_recipe, build_tasks, conversations_per_row, input_model,
-                                         keys_set_by_run, load_input, mixture_name, recorded_batch, steps_for)
+                                         keys_set_by_run, load_input, mixture_name, preset_set_by_run, recorded_run,
+                                         steps_for)
 
 
 def _input_stage(source: Path) -> str | None:
@@ -53,28 +55,33 @@ def describe_recipe(cfg: DictConfig, applied: dict, source: Path, batch_line: st
     return "\n".join(lines)
 
 
-def _packed_batch(cfg: DictConfig, source: Path, meta: dict, recipe: dict) -> tuple[int, int | None, str]:
-    """(total batch tokens, rows per device or None = the profile's, where they come from) of packed SFT."""
+def _inherit_run(cfg: DictConfig, source: Path, meta: dict, model_cfg, recipe: dict) -> tuple[int, int | None, str]:
+    """Packed SFT's batch - (total batch tokens, rows per device or None = the profile's, where they come from) -
+    and, when the recipe inherits the input model's run, that run's preset (model.preset, unless the run sets it)."""
     st = cfg.stage
     own = keys_set_by_run(cfg, ("total_batch_tokens", "device_batch_size", "examples_per_step"))
     if "examples_per_step" in own:
         raise NanochatError(f"stage.examples_per_step counts conversations of one-per-row SFT; mixture "
                             f"{mixture_name(cfg)} packs rows - set stage.total_batch_tokens instead")
-    inherited, where = recorded_batch(source, meta) if recipe.get("inherit_batch") else ({}, None)
-    run_of_input = f"the input model's run ({where})"
+    inherited, where = recorded_run(source, meta) if recipe.get("inherit_run") else ({}, None)
+    notes = []
+    if "preset" in inherited and not preset_set_by_run(cfg):
+        cfg.model.preset = inherited["preset"]
+        notes.append(f"preset {inherited['preset']} from the input model's run")
     if "total_batch_tokens" in own:
-        total, total_from = int(st.total_batch_tokens), "this run's"
+        total, total_from = token_batch(cfg, model=model_cfg), "this run's"
     elif "total_batch_tokens" in inherited:
-        total, total_from = inherited["total_batch_tokens"], run_of_input
+        total, total_from = inherited["total_batch_tokens"], f"the input model's run ({where})"
     else:
-        total, total_from = token_batch(cfg), "the preset's"
+        total, total_from = token_batch(cfg, model=model_cfg), f"the {cfg.model.preset} preset's"
     if "device_batch_size" in own:
         batch, batch_from = int(st.device_batch_size), "this run's"
     elif "device_batch_size" in inherited:
         batch, batch_from = inherited["device_batch_size"], "the input model's run"
     else:
         batch, batch_from = None, "the hardware profile's"
-    return total, batch, f"total from {total_from}, rows per device from {batch_from}"
+    notes.append(f"total from {total_from}, rows per device from {batch_from}")
+    return total, batch, "; ".join(notes)
 
 
 def prepare(cfg: DictConfig, out: Path) -> StageRun:
@@ -92,7 +99,7 @@ def prepare(cfg: DictConfig, out: Path) -> StageRun:
     info = {"input_model": str(source), "mixture": mixture_name(cfg), "train_conversations": len(train),
             "val_conversations": len(val) if val is not None else 0}
     if recipe.get("layout") == "bestfit":
-        total, batch, batch_from = _packed_batch(cfg, source, meta, recipe)
+        total, batch, batch_from = _inherit_run(cfg, source, meta, model_cfg, recipe)
         per_row = None
         if steps <= 0:  # num_epochs over the mixture's conversations, at the packing's conversations per row
             per_row = conversations_per_row(train, tokenizer, seq_len + 1, REFERENCE_SFT_BUFFER)
