@@ -82,7 +82,7 @@ def count_params_breakdown(cfg: GPTConfig) -> dict[str, int]:
 
 def smear_param_count(cfg: GPTConfig) -> int:
     """The smear gate Linear(24 -> 1) and the smear/backout lambdas: scalars, never Muon matrices."""
-    return (25 if getattr(cfg, "smear", False) else 0) + (1 if getattr(cfg, "backout", False) else 0)
+    return (25 if cfg.smear else 0) + (1 if cfg.backout else 0)
 
 
 def count_params(cfg: GPTConfig) -> int:
@@ -92,7 +92,7 @@ def count_params(cfg: GPTConfig) -> int:
 def flops_per_token(cfg: GPTConfig) -> float:
     """Same formula as GPT.estimate_flops(): 6 * matmul weights + 12 * n_head * head_dim * window per layer."""
     c = count_params_breakdown(cfg)
-    smear_gate = 24 if getattr(cfg, "smear", False) else 0  # a matmul weight, though counted with the scalars
+    smear_gate = 24 if cfg.smear else 0  # a matmul weight, though counted with the scalars
     dense = c["total"] - c["wte"] - c["value_embeds"] - c["scalars"] + smear_gate
     attn = sum(12 * cfg.n_head * cfg.head_dim * min(w, cfg.sequence_len) for w in window_sizes(cfg))
     return float(6 * dense + attn)
@@ -293,7 +293,7 @@ class Plan:
             extras.append("value embeddings")
         if m.resid_scalars:
             extras.append("residual scalars")
-        extras += [name for name in ("smear", "backout") if getattr(m, name, False)]
+        extras += [name for name in ("smear", "backout") if getattr(m, name)]
         if extras:
             lines.append("  features   " + ", ".join(extras))
         lines += [
