@@ -264,6 +264,12 @@ def test_hydra_stage_auto_batch_reaches_the_plan():
     bad = compose("train", ["hardware=cpu", "stage.total_batch_tokens=lots"])
     with pytest.raises(NanochatError, match="^stage.total_batch_tokens: 'lots' is not allowed"):
         validate(bad)
+    GlobalHydra.instance().clear()
+    validate(compose("train", ["hardware=cpu", "stage=all", "pipeline.base.total_batch_tokens=auto"]))
+    GlobalHydra.instance().clear()
+    bad = compose("train", ["hardware=cpu", "stage=all", "pipeline.mid.total_batch_tokens=huge"])
+    with pytest.raises(NanochatError, match="^pipeline.mid.total_batch_tokens: 'huge' is not allowed"):
+        validate(bad)
 
 
 def test_plan_momentum_kwargs_drive_the_reference_schedule():
