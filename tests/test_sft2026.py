@@ -221,6 +221,14 @@ def test_keys_the_run_sets_win_over_the_recipe(outputs, tmp_path):
     assert run.info["recipe"]["lr_multiplier"] == 0.5
 
 
+def test_input_stages_by_mixture():
+    from nanochat.stages.chat_common import stage_inputs
+
+    assert stage_inputs("sft", "sft2026") == stage_inputs("sft", "offline_sft2026") == ("base",)
+    assert stage_inputs("sft", None) == stage_inputs("sft", "sft") == ("mid", "base")
+    assert stage_inputs("mid", "sft2026") == ("base",) and stage_inputs("rl", None) == ("sft",)
+
+
 def test_the_default_chain_is_unchanged(outputs, tmp_path):
     run, _ = prepare(tmp_path)  # mixture offline_sft: from mid, one conversation per row, 0.02 x the lrs
     assert run.init_from == str(outputs / "mid" / "d1" / "model")

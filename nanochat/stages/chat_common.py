@@ -43,6 +43,12 @@ def starts_from(cfg: DictConfig) -> tuple[str, ...]:
     return tuple(recipe.get("starts_from") or STAGES[cfg.stage.name].starts_from)
 
 
+def stage_inputs(stage: str, mixture: str | None) -> tuple[str, ...]:
+    """`starts_from` for a stage and a `mixture=` value, without a composed config (e.g. stage=all chaining
+    sft after base when pipeline.sft.mixture=sft2026)."""
+    return starts_from(OmegaConf.create({"mixture": mixture, "stage": {"name": stage, "task_options": {}}}))
+
+
 def load_input(path: Path):
     """(GPTConfig, tokenizer) of the input model, checking the tokenizer matches the weights."""
     from nanochat.checkpoint import load_model
