@@ -161,7 +161,7 @@ def test_mixture_key_selects_a_mixture_file(tmp_path):
     def cfg(stage, mixture):
         return OmegaConf.create({"mixture": mixture, "stage": {"name": stage, "task_options": {}}})
 
-    for name in ("mid", "sft", "offline_mid", "offline_sft"):
+    for name in ("mid", "sft", "offline_mid", "offline_sft", "sft2026", "offline_sft2026"):
         assert mixture_config(cfg("sft", name))["train"] == load(name)["train"]
     assert mixture_config(cfg("mid", None))["train"] == load("offline_mid")["train"]  # null = the stage's own
     custom = tmp_path / "mine.yaml"

@@ -208,7 +208,7 @@ def test_sft2026_starts_from_base_with_its_schedule_and_the_base_run_s_batch(out
     assert (cfg.stage.lr_multiplier, cfg.stage.total_batch_tokens) == (0.8, 2048)  # the config the run records
     printed = capsys.readouterr().out
     assert "mixture offline_sft2026 - best-fit packed rows" in printed and "lr_multiplier=0.8" in printed
-    assert "preset jan2026 from the input model's run" in printed
+    assert "preset from the input model's run" in printed
     assert f"{outputs / 'base' / 'd1' / 'model'} (base model)" in printed and "input model's run" in printed
 
 

@@ -64,10 +64,9 @@ def _inherit_run(cfg: DictConfig, source: Path, meta: dict, model_cfg, recipe: d
         raise NanochatError(f"stage.examples_per_step counts conversations of one-per-row SFT; mixture "
                             f"{mixture_name(cfg)} packs rows - set stage.total_batch_tokens instead")
     inherited, where = recorded_run(source, meta) if recipe.get("inherit_run") else ({}, None)
-    notes = []
+    preset_from = "this run's" if preset_set_by_run(cfg) else "the schema default"
     if "preset" in inherited and not preset_set_by_run(cfg):
-        cfg.model.preset = inherited["preset"]
-        notes.append(f"preset {inherited['preset']} from the input model's run")
+        cfg.model.preset, preset_from = inherited["preset"], "the input model's run"
     if "total_batch_tokens" in own:
         total, total_from = token_batch(cfg, model=model_cfg), "this run's"
     elif "total_batch_tokens" in inherited:
@@ -80,8 +79,7 @@ def _inherit_run(cfg: DictConfig, source: Path, meta: dict, model_cfg, recipe: d
         batch, batch_from = inherited["device_batch_size"], "the input model's run"
     else:
         batch, batch_from = None, "the hardware profile's"
-    notes.append(f"total from {total_from}, rows per device from {batch_from}")
-    return total, batch, "; ".join(notes)
+    return total, batch, f"total from {total_from}, rows per device from {batch_from}; preset from {preset_from}"
 
 
 def prepare(cfg: DictConfig, out: Path) -> StageRun:
