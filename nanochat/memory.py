@@ -28,6 +28,7 @@ GPT_ROTARY_OVERSIZE = GPT.ROTARY_OVERSIZE
 FP32_PRECISIONS = ("32-true", "32", "64-true", "64")
 MIXED_PRECISIONS = ("bf16-mixed", "16-mixed", "transformer-engine")
 HALF_PRECISIONS = ("bf16-true", "16-true", "bf16", "16")
+CAST_PRECISIONS = ("bf16-cast",)  # no autocast: fp32 master weights cast to bf16 activations by each Linear
 OPTIMIZERS = ("muon_adamw", "adamw")
 
 # torch.compile (Inductor) recomputes cheap pointwise ops in the backward instead of saving their outputs:
@@ -90,8 +91,10 @@ def _dtypes(precision: str) -> tuple[int, int, int]:
         return 4, 2, 4  # fp32 master weights and residual stream; matmuls (and what they save) in half
     if p in HALF_PRECISIONS:
         return 2, 2, 2
+    if p in CAST_PRECISIONS:
+        return 4, 2, 2  # (bf16 embeddings make the weights a little smaller; counted as fp32 to stay on the safe side)
     raise NanochatError(f"unknown precision {precision!r}; use one of "
-                        f"{', '.join(FP32_PRECISIONS + MIXED_PRECISIONS + HALF_PRECISIONS)}")
+                        f"{', '.join(FP32_PRECISIONS + MIXED_PRECISIONS + HALF_PRECISIONS + CAST_PRECISIONS)}")
 
 
 def _param_counts(cfg: GPTConfig) -> dict[str, Any]:
@@ -171,7 +174,7 @@ def estimate_training_memory(plan_or_config, device_batch_size: int | None = Non
 
         cfg = replace(cfg, sequence_len=seq_len)
     wb, act, res = _dtypes(precision)
-    mixed = str(precision) in MIXED_PRECISIONS
+    mixed = str(precision) in MIXED_PRECISIONS + CAST_PRECISIONS  # both keep half copies of the matmul weights
     counts = _param_counts(cfg)
     n_params = counts["total"]
     matrix = counts["transformer_matrices"]

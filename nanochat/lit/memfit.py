@@ -207,7 +207,8 @@ def cuda_probe(plan, precision: str, compile: bool, budget: int, steps: int = 2,
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
-            model = GPT.build(plan.model, device=device)
+            cast = torch.bfloat16 if precision == "bf16-cast" else None  # bf16 embeddings, fp32 master weights
+            model = GPT.build(plan.model, device=device, compute_dtype=cast)
             if half is not None:
                 model = model.to(half)
             opt = build_optimizer(model, **plan.optimizer_kwargs())

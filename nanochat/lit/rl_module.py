@@ -160,8 +160,7 @@ class RLModule(L.LightningModule):
             self.clip_gradients(opt, gradient_clip_val=self.plan.grad_clip, gradient_clip_algorithm="norm")
         p = self.plan
         lr_mult = sched.get_last_lr()[0] / opt.optimizer.param_groups[0]["initial_lr"]  # this step's
-        update_muon_groups(opt.optimizer, step, p.num_steps, warmup=p.optim.momentum_warmup, start=p.optim.momentum_start,
-                           end=p.optim.momentum_end)
+        update_muon_groups(opt.optimizer, step, p.num_steps, **p.momentum_kwargs())
         opt.step()  # counts the step (trainer.global_step) even when no parameter has a gradient
         sched.step()
         opt.zero_grad(set_to_none=True)

@@ -29,7 +29,7 @@ from nanochat.hardware import estimate_run
 from nanochat.lit.callbacks import AtomicCheckpointIO, NonFiniteGuard, SampleGenerations, StepProgressBar, ThroughputMFU
 from nanochat.lit.memfit import apply_fit
 from nanochat.layout import RunFolder
-from nanochat.lit.module import NanochatLM
+from nanochat.lit.module import NanochatLM, lightning_precision
 from nanochat.stages.cli import hardware_of, run_dir
 
 @dataclass
@@ -194,7 +194,7 @@ def make_trainer(cfg: DictConfig, folder: RunFolder, max_steps: int, callbacks: 
                                   save_top_k=1, save_last=True)
     return L.Trainer(
         accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.num_nodes, strategy=hw.strategy,
-        precision=hw.precision, max_steps=max_steps, logger=logger, callbacks=[*callbacks, checkpoints],
+        precision=lightning_precision(hw.precision), max_steps=max_steps, logger=logger, callbacks=[*callbacks, checkpoints],
         plugins=[AtomicCheckpointIO()], default_root_dir=str(folder.path), num_sanity_val_steps=0,
         log_every_n_steps=1, enable_model_summary=False, **options)
 
@@ -225,7 +225,7 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
 
     L.seed_everything(cfg.seed, verbose=False)
     module = NanochatLM(plan, tokenizer.token_bytes(), compile=bool(hw.compile), init_from=run.init_from,
-                        fp8=bool(hw.fp8))
+                        fp8=bool(hw.fp8), precision=str(hw.precision))
     throughput = ThroughputMFU(plan.flops_per_token, plan.total_batch_tokens, hw.peak_flops)
     samples = SampleGenerations(tokenizer, list(run.sample_prompts), every=st.sample_every,
                                 max_tokens=st.sample_tokens, chat=run.chat_samples)

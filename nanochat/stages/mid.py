@@ -25,7 +25,7 @@ def prepare(cfg: DictConfig, out: Path) -> StageRun:
     steps = int(st.num_iterations)
     if steps <= 0:  # num_epochs over the mixture's tokens
         tokens = st.num_epochs * len(train) * mean_tokens(train, tokenizer)
-        steps = steps_for(tokens, token_batch(cfg))
+        steps = steps_for(tokens, token_batch(cfg, model=model_cfg))
     plan = build_plan(cfg, tokenizer.vocab_size, model=model_cfg, num_iterations=steps)
     val_steps = max(1, int(st.eval_tokens) // (plan.device_batch_size * seq_len * plan.world_size))
     dm = ChatDataModule(train, val, tokenizer, batch_size=plan.device_batch_size, seq_len=seq_len, layout="pack",
