@@ -85,3 +85,17 @@ def test_unknown_stage_in_pipeline_is_one_clear_line(tmp_path):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "nope" in last
+
+
+def test_sft2026_in_the_pipeline_continues_from_base():
+    """The chat stages chain from the stage their mixture starts from: sft2026 skips mid's model even when mid ran."""
+    from nanochat.config.app import compose
+    from nanochat.stages.pipeline import input_stage
+
+    chain = ["tokenizer", "base", "mid", "sft", "rl"]
+    for overrides, sft_input in (([], "mid"), (["pipeline.sft.mixture=sft2026"], "base")):
+        cfg = compose("train", ["stage=all", *overrides])
+        inputs = [input_stage(cfg, s, chain[:i]) for i, s in enumerate(chain)]
+        assert inputs == [None, None, "base", sft_input, "sft"]
+    cfg = compose("train", ["stage=all", "pipeline.sft.mixture=sft2026"])
+    assert input_stage(cfg, "sft", ["tokenizer", "base"]) == "base"

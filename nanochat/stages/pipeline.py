@@ -63,6 +63,18 @@ def stage_overrides(cfg: DictConfig, stage: str) -> list[str]:
                                                                         "stage.")
 
 
+def input_stage(cfg: DictConfig, stage: str, before: list[str]) -> str | None:
+    """The earlier pipeline stage whose model `stage` continues: the latest of the stages its mixture starts from
+    (sft2026 starts from base even when mid ran), else the stage just before it."""
+    from nanochat.stages.chat_common import stage_inputs
+
+    options = cfg.pipeline[stage] if cfg.get("pipeline") is not None and stage in cfg.pipeline else {}
+    mixture = options.get("mixture") if options.get("mixture") is not None else cfg.get("mixture")
+    wanted = stage_inputs(stage, mixture)
+    trained = [s for s in before if s != "tokenizer"]
+    return next((s for s in reversed(trained) if s in wanted), trained[-1] if trained else None)
+
+
 def check_stages(cfg: DictConfig, stages: list[str], common: list[str]) -> None:
     """Compose and check every stage's config before the first one starts: a bad per-stage value fails in seconds."""
     from hydra.errors import HydraException
@@ -113,11 +125,11 @@ def plan_all(cfg: DictConfig, stages: list[str], common: list[str], root: Path, 
             continue
         if stage == "base" and "tokenizer" in stages:  # the tokenizer this pipeline trains (or will train)
             extra.append(f"tokenizer_dir={RunFolder.of('tokenizer', name, root).tokenizer}")
-        before = [s for s in stages[:i] if s != "tokenizer"]
-        if before:
-            source = RunFolder.of(before[-1], name, root)
+        source_stage = input_stage(cfg, stage, stages[:i])
+        if source_stage is not None:
+            source = RunFolder.of(source_stage, name, root)
             if not source.has_model():
-                print(f"\n=== {stage}: starts from {source.model} once {before[-1]} has trained; its plan (steps "
+                print(f"\n=== {stage}: starts from {source.model} once {source_stage} has trained; its plan (steps "
                       f"from its data) is printed then", flush=True)
                 continue
             extra.append(f"stage.init_from={source.model}")
@@ -151,7 +163,6 @@ def run(cfg: DictConfig) -> dict:
                 cmd.append(f"{key}={cfg.data[key]}")
         print(f"downloading {cfg.data.num_shards} {hub.title} shards in the background", flush=True)
         downloader = subprocess.Popen(cmd, cwd=ROOT)
-    previous: Path | None = None
     summaries = {}
     try:
         for stage in stages:
@@ -161,8 +172,9 @@ def run(cfg: DictConfig) -> dict:
                      *stage_overrides(cfg, stage)]
             if stage == "base" and "tokenizer" in stages:
                 extra.append(f"tokenizer_dir={root / 'tokenizer' / name / 'tokenizer'}")
-            if stage in ("mid", "sft", "rl") and previous is not None:
-                extra.append(f"stage.init_from={previous / 'model'}")
+            source_stage = input_stage(cfg, stage, stages[:stages.index(stage)])
+            if stage in ("mid", "sft", "rl") and source_stage is not None:
+                extra.append(f"stage.init_from={root / source_stage / name / 'model'}")
             if stage == "base" and downloader is not None:
                 if downloader.wait() != 0:
                     raise NanochatError("the FineWeb-EDU download failed; run the same command again to resume it")
@@ -175,8 +187,6 @@ def run(cfg: DictConfig) -> dict:
                 _run([python, str(ROOT / "train.py"), *common, *extra],
                      f"{stage} ({'resuming' if state == 'interrupted' else 'training'})")
             summaries[stage] = json.loads((folder / "summary.json").read_text())
-            if stage != "tokenizer":
-                previous = folder
         if st.evaluate:
             for stage in stages:
                 folder = root / stage / name
