@@ -79,7 +79,7 @@ def test_pipeline_killed_mid_stage_then_resumed(tmp_path):
 def test_unknown_stage_in_pipeline_is_one_clear_line(tmp_path):
     env = env_for(tmp_path)
     env["NANOCHAT_OUTPUTS"] = str(tmp_path / "outputs")
-    proc = subprocess.run(train_cmd(["stage=all", "hardware=cpu", "stage.stages=[tokenizer,nope]",
+    proc = subprocess.run(train_cmd(["stage=all", "hardware=cpu", "pipeline.stages=[tokenizer,nope]",
                                      f"hydra.run.dir={tmp_path / 'all'}"]), cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0

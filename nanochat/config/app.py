@@ -65,8 +65,9 @@ def _help_node(config_name: str) -> dict:
             lines += ["", f"data={name}:"] + table(cls, "data.")
         for name, cls in schema.STAGE_SCHEMAS.items():
             lines += ["", f"stage={name}:"] + table(cls, "stage.")
-        lines += ["", "stage=all: per-stage options pipeline.<stage>.<key>=value (any stage key, and mixture for "
-                      "mid/sft), e.g. pipeline.base.num_iterations=200"]
+        lines += ["", "stage=all: pipeline.stages=[tokenizer,base,mid,sft,rl] (the chain, in order) and per-stage "
+                      "options pipeline.<stage>.<key>=value (any stage key, and mixture for mid/sft), "
+                      "e.g. pipeline.base.num_iterations=200"]
     else:
         lines += ["== Keys (key, type, default, doc) ==", ""] + table(top, "")
         if config_name == "evaluate":

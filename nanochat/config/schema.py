@@ -219,7 +219,6 @@ class EvalOptions:
 
 @dataclass
 class PipelineStage(StageCommon):
-    stages: List[str] = knob(["tokenizer", "base", "mid", "sft", "rl"], "stages in order")
     rl: bool = knob(False, "run the optional RL stage (GSM8K; needs the data)")
     evaluate: bool = knob(True, "evaluate every model and write the report card")
     eval: EvalOptions = field(default_factory=EvalOptions)
@@ -242,8 +241,11 @@ def _options_of(cls, extra: dict):
 PIPELINE_TOP_KEYS = {"mixture": (str, "conversation mixture of this stage")}
 _STAGE_OPTIONS = {name: _options_of(STAGE_SCHEMAS[name], PIPELINE_TOP_KEYS if name in ("mid", "sft") else {})
                   for name in ("tokenizer", "base", "mid", "sft", "rl")}
-PipelineOptions = make_dataclass("PipelineOptions", [(name, cls, field(default_factory=cls))
-                                                     for name, cls in _STAGE_OPTIONS.items()])
+# `pipeline.stages` lives beside the per-stage options (not in `stage`), so an experiment can name its chain and
+# still compose for the single stages the pipeline runs
+PipelineOptions = make_dataclass("PipelineOptions", [
+    ("stages", List[str], knob(["tokenizer", "base", "mid", "sft", "rl"], "the stages to run, in order")),
+    *[(name, cls, field(default_factory=cls)) for name, cls in _STAGE_OPTIONS.items()]])
 
 
 # -- the entry points ----------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ def validate(cfg) -> None:
                      ("pipeline", schema.PipelineOptions)):
         if cls is not None and cfg[key] is not None:
             check_ranges(cfg[key], cls, prefix=f"{key}.")
+    from nanochat.layout import STAGES
     from nanochat.lit.memfit import check_device_batch
     from nanochat.recipe import check_batch_tokens, get_preset
 
@@ -27,7 +28,8 @@ def validate(cfg) -> None:
     check_device_batch(cfg.hardware.device_batch_size)
     check_batch_tokens(cfg.stage.get("total_batch_tokens"))
     for name, options in (cfg.get("pipeline") or {}).items():  # an integer or auto, per stage
-        check_batch_tokens((options or {}).get("total_batch_tokens"), f"pipeline.{name}.total_batch_tokens")
+        if name in STAGES:
+            check_batch_tokens((options or {}).get("total_batch_tokens"), f"pipeline.{name}.total_batch_tokens")
     if cfg.hardware.fp8:  # before anything is written; a plan for another machine checks only the profile
         from nanochat.fp8 import check_fp8
 
@@ -42,4 +44,23 @@ def run_stage(cfg) -> dict:
     set_outputs_root(cfg.paths.outputs)
     name = cfg.stage.name
     module = importlib.import_module(PIPELINE_MODULE if name == "all" else STAGES[name].module)
-    return module.run(cfg)
+    result = module.run(cfg)
+    if cfg.plan_only:
+        _remove_empty_run_dir(cfg.paths.outputs)
+    return result
+
+
+def _remove_empty_run_dir(outputs) -> None:
+    """Hydra makes the run folder before the job starts; a plan_only job leaves nothing behind, not even that."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    folder, root = Path(HydraConfig.get().runtime.output_dir).resolve(), Path(outputs).resolve()
+    while folder != root and root in folder.parents and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
+    if folder == root and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()

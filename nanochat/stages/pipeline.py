@@ -86,7 +86,8 @@ def check_stages(cfg: DictConfig, stages: list[str], common: list[str]) -> None:
 
     for stage in stages:
         try:
-            validate(compose("train", [*common, f"stage={stage}", *stage_overrides(cfg, stage)]))
+            plan = ["plan_only=true"] if cfg.plan_only else []  # a plan for another machine checks only the profile
+            validate(compose("train", [*common, f"stage={stage}", *plan, *stage_overrides(cfg, stage)]))
         except NanochatError as e:
             raise NanochatError(f"pipeline.{stage}: {e}") from None
         except (HydraException, OmegaConfBaseException) as e:  # composition errors
@@ -142,10 +143,10 @@ def run(cfg: DictConfig) -> dict:
     from nanochat.layout import outputs_root
 
     st = cfg.stage
-    stages = [s for s in st.stages if s != "rl" or st.rl]
+    stages = [s for s in cfg.pipeline.stages if s != "rl" or st.rl]
     unknown = [s for s in stages if s not in TRAIN_STAGES]
     if unknown:
-        raise NanochatError(f"unknown stage(s) in stage.stages: {', '.join(unknown)}; known: {', '.join(TRAIN_STAGES)}")
+        raise NanochatError(f"unknown stage(s) in pipeline.stages: {', '.join(unknown)}; known: {', '.join(TRAIN_STAGES)}")
     root = outputs_root()
     name = cfg.run_name
     common = _user_overrides()
