@@ -99,19 +99,22 @@ class CausalSelfAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k = self._scale_qk(norm(q)), self._scale_qk(norm(k))  # QK-norm after the rotation
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
-        kwargs = {}
-        if self.n_kv_head != self.n_head:
-            if _SDPA_HAS_GQA:
-                kwargs["enable_gqa"] = True
-            else:
-                rep = self.n_head // self.n_kv_head
-                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        k, v, kwargs = self._share_kv_heads(k, v)
         if window < T:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(T, window, q.device), **kwargs)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **kwargs)
         y = y.transpose(1, 2).contiguous().view(B, T, -1)
         return self.c_proj(y)
+
+    def _share_kv_heads(self, k, v):
+        """(k, v, SDPA kwargs) for grouped-query attention: SDPA's own GQA where torch has it, else repeated heads."""
+        if self.n_kv_head == self.n_head:
+            return k, v, {}
+        if _SDPA_HAS_GQA:
+            return k, v, {"enable_gqa": True}
+        rep = self.n_head // self.n_kv_head
+        return k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), {}
 
     def _forward_cached(self, x, cos, sin, window: int, ve, cache) -> torch.Tensor:
         """Same maths as forward, shaped for decoding: one matmul makes q, k and v (the cache keeps the
@@ -141,13 +144,7 @@ class CausalSelfAttention(nn.Module):
             )
             return y.reshape(B, 1, -1)
         q = q.transpose(1, 2)
-        kwargs = {}
-        if self.n_kv_head != self.n_head:
-            if _SDPA_HAS_GQA:
-                kwargs["enable_gqa"] = True
-            else:
-                rep = self.n_head // self.n_kv_head
-                keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
+        keys, values, kwargs = self._share_kv_heads(keys, values)
         mask = cache.attention_mask(T, window)
         if mask is None:
             y = F.scaled_dot_product_attention(q, keys, values, is_causal=True, **kwargs)
