@@ -301,7 +301,8 @@ class EvaluateConfig:
 
     ckpt: Optional[str] = knob(None, "model folder, .ckpt, latest:base|mid|sft|rl (null = newest of rl/sft/mid/base)")
     evals: Optional[List[str]] = knob(None, "evaluations (null = what fits the stage), e.g. [core] or [gsm8k]")
-    max_per_task: Optional[int] = knob(None, "cap examples per task", low=1)
+    max_per_task: Optional[int] = knob(None, "cap examples per task (CORE: more than a task's few-shot count, so "
+                                             ">= 11 for the bundle's 10-shot tasks)", low=1)
     batch_size: int = knob(16, "rows per batch", low=1)
     max_new_tokens: int = knob(512, "generation budget per answer", low=1)
     device: Optional[str] = knob(None, "null = cuda with a GPU profile, else cpu")
