@@ -52,6 +52,7 @@ MUON_DEFAULTS = dict(
     ns_steps=5,
     orthogonalizer="newton_schulz",
     norm_factor=1.02,  # polar_express only
+    ortho_dtype="bf16",  # or "compute": the activations' dtype on the parameters' device (fp32 on CPU)
     row_equilibration=False,
     renormalize=False,
     beta2=None,  # variance reduction off
@@ -64,13 +65,13 @@ MUON_DEFAULTS = dict(
 # orthogonalisation
 
 
-def newton_schulz(G: Tensor, steps: int = 5) -> Tensor:
+def newton_schulz(G: Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16) -> Tensor:
     """Approximately orthogonalise the last two dims of G (batched): U S' V^T with S' roughly in [0.5, 1.5].
 
-    Runs in bf16. Tall matrices are transposed so the Gram matrix is the small one.
+    Runs in `dtype` (bf16). Tall matrices are transposed so the Gram matrix is the small one.
     """
     a, b, c = NS_COEFFS
-    X = G.bfloat16()
+    X = G.to(dtype)
     tall = G.size(-2) > G.size(-1)
     if tall:
         X = X.mT
@@ -84,12 +85,12 @@ def newton_schulz(G: Tensor, steps: int = 5) -> Tensor:
     return X
 
 
-def polar_express(G: Tensor, steps: int = 5, norm_factor: float = 1.02) -> Tensor:
-    """Polar Express variant: per-iteration coefficients, bf16, batched over leading dims; the input is divided
-    by norm_factor x its Frobenius norm (Jan-2026 1.02, July-2026 1.01)."""
+def polar_express(G: Tensor, steps: int = 5, norm_factor: float = 1.02, dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """Polar Express variant: per-iteration coefficients, in `dtype` (bf16), batched over leading dims; the input
+    is divided by norm_factor x its Frobenius norm (Jan-2026 1.02, July-2026 1.01)."""
     if steps > len(POLAR_EXPRESS_COEFFS):
         raise ValueError(f"polar_express supports at most {len(POLAR_EXPRESS_COEFFS)} steps, got {steps}")
-    X = G.bfloat16()
+    X = G.to(dtype)
     X = X / (X.norm(dim=(-2, -1), keepdim=True) * norm_factor + 1e-6)
     tall = G.size(-2) > G.size(-1)
     for a, b, c in POLAR_EXPRESS_COEFFS[:steps]:
@@ -141,8 +142,8 @@ class MuonAdamW(torch.optim.Optimizer):
     """One optimizer, two update rules, chosen per param group by group["kind"].
 
     AdamW groups: lr, betas, eps, weight_decay.
-    Muon groups: lr, momentum, nesterov, ns_steps, orthogonalizer, norm_factor (polar_express), row_equilibration
-    (MuonEq), renormalize (Muon+), beta2 (None = no variance reduction), weight_decay (cautious; scaled by lr like
+    Muon groups: lr, momentum, nesterov, ns_steps, orthogonalizer, norm_factor (polar_express), ortho_dtype
+    ("bf16" | "compute"), row_equilibration (MuonEq), renormalize (Muon+), beta2 (None = no variance reduction), weight_decay (cautious; scaled by lr like
     AdamW's), weight_decay_schedule ("constant" | "linear" | "cosine").
     Every group keeps `initial_lr` (and Muon groups `initial_weight_decay`) so schedules multiply them.
     """
@@ -235,6 +236,11 @@ class MuonAdamW(torch.optim.Optimizer):
             by_shape[tuple(p.shape)].append(i)
         name = group["orthogonalizer"]
         extra = {"norm_factor": group["norm_factor"]} if name == "polar_express" else {}
+        extra["dtype"] = torch.bfloat16
+        if group.get("ortho_dtype", "bf16") == "compute":  # the July-2026 reference: fp32 on CPU, bf16 on GPUs
+            from nanochat.gpt import cast_compute_dtype
+
+            extra["dtype"] = cast_compute_dtype(params[0].device)
         for shape, idxs in by_shape.items():
             stacked = torch.stack([updates[i] for i in idxs])
             if group["row_equilibration"]:
@@ -310,6 +316,7 @@ def build_optimizer(model, settings=None, *, d_model: int, lr_scale: float = 1.0
         adamw("smear", o.smear_lr * o.lr_multiplier, o.adam_betas, 0.0),
         dict(kind="muon", name="matrix", params=roles["matrix"], lr=o.matrix_lr * lr_scale, momentum=o.momentum_end,
              ns_steps=o.muon_ns_steps, orthogonalizer=o.muon_orthogonalizer, norm_factor=o.muon_norm_factor,
+             ortho_dtype=o.muon_ortho_dtype,
              row_equilibration=o.muon_row_equilibration, renormalize=o.muon_renormalize,
              beta2=o.muon_beta2 or None,  # 0 = off
              weight_decay=o.muon_weight_decay, weight_decay_schedule=o.muon_weight_decay_schedule),

@@ -41,6 +41,8 @@ class OptimSettings:
                                               choices=("newton_schulz", "polar_express"))
     muon_ns_steps: Optional[int] = knob(None, "iterations of the orthogonaliser", low=1)
     muon_norm_factor: Optional[float] = knob(None, "polar_express input divided by this x its Frobenius norm", low=1)
+    muon_ortho_dtype: Optional[str] = knob(None, "dtype of the orthogonaliser: always bf16, or the compute dtype "
+                                                 "(bf16 on CUDA sm80+, fp32 elsewhere)", choices=("bf16", "compute"))
     muon_row_equilibration: Optional[bool] = knob(None, "MuonEq: scale every row to the mean row norm first")
     muon_renormalize: Optional[bool] = knob(None, "Muon+: set the orthogonalised update's Frobenius norm to "
                                                   "sqrt(min(rows, cols))")
@@ -137,7 +139,7 @@ V0 = Preset(
         embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, scalar_lr=0.5, value_embed_lr_frac=1.0,
         smear_lr=0.2, unembedding_betas=[0.8, 0.95], embedding_betas=[0.8, 0.95], adam_betas=[0.8, 0.95],
         x0_betas=[0.96, 0.95], adam_eps=1e-10, adamw_weight_decay=0.0, embedding_weight_decay=0.0,
-        resid_weight_decay=0.0, muon_orthogonalizer="newton_schulz", muon_ns_steps=5, muon_norm_factor=1.02,
+        resid_weight_decay=0.0, muon_orthogonalizer="newton_schulz", muon_ns_steps=5, muon_norm_factor=1.02, muon_ortho_dtype="bf16",
         muon_row_equilibration=False, muon_renormalize=False, muon_beta2=0.0, muon_weight_decay=0.0,
         muon_weight_decay_scaling="depth", muon_weight_decay_schedule="constant", momentum_warmup=300,
         momentum_start=0.85, momentum_end=0.95, momentum_final=0.0, lr_multiplier=1.0, batch_lr_scaling=False,
@@ -171,7 +173,7 @@ JUL2026 = Preset(
                rope_base=100000.0, logit_softcap=15.0, init="jul2026"),
     optim=replace(JAN2026.optim, unembedding_lr=0.008, value_embed_lr_frac=0.5, unembedding_betas=[0.8, 0.96],
                   embedding_betas=[0.8, 0.995], adamw_weight_decay=0.01, embedding_weight_decay=0.001,
-                  resid_weight_decay=0.05, muon_norm_factor=1.01, muon_row_equilibration=True, muon_renormalize=True,
+                  resid_weight_decay=0.05, muon_norm_factor=1.01, muon_ortho_dtype="compute", muon_row_equilibration=True, muon_renormalize=True,
                   muon_beta2=0.9, muon_weight_decay=0.28, muon_weight_decay_scaling="horizon",
                   muon_weight_decay_schedule="cosine", momentum_warmup=400, momentum_end=0.97, momentum_final=0.90),
     schedule=ScheduleSettings(warmup_steps=40, warmup_ratio=0.0, warmdown_ratio=0.65, final_lr_frac=0.05),

@@ -21,7 +21,7 @@ def exact_polar_express(monkeypatch):
     import nanochat.optim as optim
 
     monkeypatch.setitem(optim.ORTHOGONALIZERS, "polar_express",
-                        lambda G, steps, norm_factor=1.02: pe_f64(G, steps, norm_factor).float())
+                        lambda G, steps, norm_factor=1.02, dtype=None: pe_f64(G, steps, norm_factor).float())
 
 
 # -- Muon: MuonEq, Muon+, the whole step ---------------------------------------------------------------------
@@ -300,3 +300,32 @@ def test_jul2026_trains_end_to_end(tiny_env):
     groups = {g["name"]: g for g in ckpt["optimizer_states"][0]["param_groups"]}
     assert groups["smear"]["lr"] == pytest.approx(0.2 * 4 / 40)  # fixed lr x warm-up, as set for a 4th step
     assert groups["matrix"]["row_equilibration"] and groups["matrix"]["momentum"] < 0.86
+
+
+def test_muon_orthogonalises_in_the_compute_dtype_for_jul2026():
+    """The July-2026 reference runs Polar Express in its compute dtype (fp32 on CPU); January's always in bf16."""
+    import torch
+
+    from nanochat import optim
+    from nanochat.recipe import JAN2026, JUL2026
+
+    seen = []
+    real = optim.ORTHOGONALIZERS["polar_express"]
+
+    def spy(G, steps, **kw):
+        seen.append(kw["dtype"])
+        return real(G, steps, **kw)
+
+    optim.ORTHOGONALIZERS["polar_express"] = spy
+    try:
+        for settings in (JAN2026.optim, JUL2026.optim):
+            p = torch.nn.Parameter(torch.randn(8, 4))
+            opt = optim.MuonAdamW([dict(kind="muon", params=[p], lr=0.01, orthogonalizer="polar_express",
+                                        ortho_dtype=settings.muon_ortho_dtype)])
+            p.grad = torch.randn(8, 4)
+            opt.step()
+    finally:
+        optim.ORTHOGONALIZERS["polar_express"] = real
+    assert seen == [torch.bfloat16, torch.float32]
+    G = torch.randn(3, 16, 8)
+    assert optim.polar_express(G, 5, dtype=torch.float32).dtype == torch.float32

@@ -89,9 +89,9 @@ def exact_orthogonalizers(monkeypatch):
     """Swap the bf16 kernels for float64 ones so the optimizer logic can be checked to fp32 precision."""
     import nanochat.optim as optim
 
-    monkeypatch.setitem(optim.ORTHOGONALIZERS, "newton_schulz", lambda G, steps: ns_f64(G, steps).float())
+    monkeypatch.setitem(optim.ORTHOGONALIZERS, "newton_schulz", lambda G, steps, dtype=None: ns_f64(G, steps).float())
     monkeypatch.setitem(optim.ORTHOGONALIZERS, "polar_express",
-                        lambda G, steps, norm_factor=1.02: pe_f64(G, steps, norm_factor).float())
+                        lambda G, steps, norm_factor=1.02, dtype=None: pe_f64(G, steps, norm_factor).float())
 
 
 def test_single_step_muon_and_adamw_match_reference(exact_orthogonalizers):
