@@ -397,7 +397,7 @@ def parity(work: Path, ref: Path, seeds: list[int], steps: int, compile_ours: bo
           f"{'bpb ref':>8} {'bpb ours':>8} {'tok/s ref':>9} {'tok/s ours':>10}")
     for x in rows:
         print(f"{x['seed']:>5} {x['init_identical']:>10} {x['loss_diff_step0']:9.2e} {x['loss_diff_step1']:9.2e} "
-              f"{x['loss_diff_step10'] or float('nan'):9.2e} {x['loss_diff_max']:9.2e} {x['val_bpb_ref']:8.4f} "
+              f"{float('nan') if x['loss_diff_step10'] is None else x['loss_diff_step10']:9.2e} {x['loss_diff_max']:9.2e} {x['val_bpb_ref']:8.4f} "
               f"{x['val_bpb_ours']:8.4f} {x['tok_s_ref']:9.0f} {x['tok_s_ours']:10.0f}")
         if x["init_only_ref"] or x["init_only_ours"] or x["init_differ"]:
             print(f"      init: only ref {x['init_only_ref']}, only ours {x['init_only_ours']}, "
