@@ -366,8 +366,8 @@ def parity(work: Path, ref: Path, seeds: list[int], steps: int, compile_ours: bo
     """Reference and ours, alternating, one seed after another; prints and returns the comparison."""
     pairs = []
     for seed in seeds:
-        r = run_ref(work, ref, f"ref_d4_s{seed}", seed, 4, steps)
-        o = run_ours(work, f"ours_d4_s{seed}" + ("_c" if compile_ours else ""), seed, 4, steps,
+        r = run_ref(work, ref, f"ref_d4_n{steps}_s{seed}", seed, 4, steps)
+        o = run_ours(work, f"ours_d4_n{steps}_s{seed}" + ("_c" if compile_ours else ""), seed, 4, steps,
                      compile=compile_ours)
         pairs.append((r, o))
     data = compare_batches(work, ref, steps)
@@ -407,7 +407,7 @@ def parity(work: Path, ref: Path, seeds: list[int], steps: int, compile_ours: bo
           f"(diff {out['val_bpb_diff']:+.4f}); tok/s median: ref {out['tok_s_ref_median']:.0f}, "
           f"ours {out['tok_s_ours_median']:.0f} (x{out['tok_s_ratio']:.3f})")
     if eager:  # the reference without torch.compile: the same float operations as ours, step for step
-        e, o = run_ref(work, ref, f"refnc_d4_s{seeds[0]}", seeds[0], 4, steps, compile=False), pairs[0][1]
+        e, o = run_ref(work, ref, f"refnc_d4_n{steps}_s{seeds[0]}", seeds[0], 4, steps, compile=False), pairs[0][1]
         d = [abs(x - y) for x, y in zip(e["losses"], o["losses"])]
         first = next((i for i, x in enumerate(d) if x > 1e-4), None)
         out["eager"] = {"seed": seeds[0], "loss_diff_max": max(d), "first_step_over_1e-4": first,
@@ -428,8 +428,8 @@ def presets(work: Path, seeds: list[int], depths: list[int], steps: int,
     for depth in depths:
         first = run_ours(work, f"jan2026_d{depth}_s{seeds[0]}", seeds[0], depth, steps, preset="jan2026")
         budget = first["flops_per_token"] * BATCH * steps
-        for preset in names:
-            for seed in seeds:
+        for seed in seeds:
+            for preset in names:
                 r = run_ours(work, f"{preset}_d{depth}_s{seed}", seed, depth, None, preset=preset,
                              extra=(f"stage.target_flops={budget:.6e}",))
                 out.setdefault(f"d{depth}", {}).setdefault(preset, []).append((r["val_bpb"], len(r["losses"])))
