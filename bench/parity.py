@@ -332,8 +332,16 @@ def run_ours(work: Path, name: str, seed: int, depth: int, steps: int, preset: s
     summary = json.loads((run_dir / "summary.json").read_text())
     res = {"side": "ours", "name": name, "seed": seed, "depth": depth, "steps": steps, "preset": preset,
            "compile": compile, "losses": [loss[i] for i in sorted(loss)], "step_s": [step_s[i] for i in sorted(step_s)],
-           "val_bpb": summary["val_bpb"], "wall_s": wall, "flops_per_token": summary["plan"].get("flops_per_token")}
+           "val_bpb": summary["val_bpb"], "wall_s": wall, "flops_per_token": summary["plan"].get("flops_per_token"),
+           "bpb_bytes": _bpb_bytes(run_dir)}
     return _finish(out, res)
+
+
+def _bpb_bytes(run_dir: Path) -> str:
+    """How our run counted a token's bytes: its preset's rule (jul2026: raw, as the reference), else decoded."""
+    from nanochat.evaluation import bpb_bytes_kind
+
+    return bpb_bytes_kind(run_dir / "model")
 
 
 def _finish(out: Path, res: dict) -> dict:
@@ -371,7 +379,11 @@ def parity(work: Path, ref: Path, seeds: list[int], steps: int, compile_ours: bo
                      compile=compile_ours)
         pairs.append((r, o))
     data = compare_batches(work, ref, steps)
-    to_raw = data["val_bytes_decoded"] / data["val_bytes_raw"]  # our bpb -> the reference's bytes definition
+    to_raw = data["val_bytes_decoded"] / data["val_bytes_raw"]  # a decoded-bytes bpb -> the reference's definition
+
+    def raw_bpb(run: dict) -> float:  # older runs (decoded bytes) record no "bpb_bytes"
+        return run["val_bpb"] * (1.0 if run.get("bpb_bytes") == "raw" else to_raw)
+
     print(f"data: {data['train_batches_equal']}/{steps} training and {data['val_batches_equal']}/"
           f"{data['val_batches']} validation batches identical; bytes decoded/raw {to_raw:.6f}")
     rows = []
@@ -384,7 +396,7 @@ def parity(work: Path, ref: Path, seeds: list[int], steps: int, compile_ours: bo
                      "init_differ": init["differ"], "loss_diff_step0": d[0], "loss_diff_step1": d[1],
                      "loss_diff_step10": d[10] if n > 10 else None, "loss_diff_max": max(d),
                      "loss_ref_last": r["losses"][n - 1], "loss_ours_last": o["losses"][n - 1],
-                     "val_bpb_ref": r["val_bpb"], "val_bpb_ours": o["val_bpb"] * to_raw,
+                     "val_bpb_ref": r["val_bpb"], "val_bpb_ours": raw_bpb(o),
                      "val_bpb_ours_decoded": o["val_bpb"],
                      "tok_s_ref": r["tok_s"], "tok_s_ours": o["tok_s"]})
     mean = lambda k: statistics.mean(x[k] for x in rows)  # noqa: E731
@@ -411,10 +423,10 @@ def parity(work: Path, ref: Path, seeds: list[int], steps: int, compile_ours: bo
         d = [abs(x - y) for x, y in zip(e["losses"], o["losses"])]
         first = next((i for i, x in enumerate(d) if x > 1e-4), None)
         out["eager"] = {"seed": seeds[0], "loss_diff_max": max(d), "first_step_over_1e-4": first,
-                        "val_bpb_ref_eager": e["val_bpb"], "val_bpb_ours": o["val_bpb"] * to_raw,
+                        "val_bpb_ref_eager": e["val_bpb"], "val_bpb_ours": raw_bpb(o),
                         "tok_s_ref_eager": e["tok_s"]}
         print(f"reference without compile, seed {seeds[0]}: max |loss diff| over {len(d)} steps {max(d):.2e} "
-              f"(first step over 1e-4: {first}), val bpb {e['val_bpb']:.4f} vs ours {o['val_bpb'] * to_raw:.4f}, "
+              f"(first step over 1e-4: {first}), val bpb {e['val_bpb']:.4f} vs ours {raw_bpb(o):.4f}, "
               f"tok/s {e['tok_s']:.0f}")
     (work / "parity.json").write_text(json.dumps(out, indent=1))
     return out

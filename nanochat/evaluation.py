@@ -47,15 +47,27 @@ def run_folder_of(model_path: Path) -> Path:
     return RunFolder.containing(model_path).path
 
 
-def _run_data(model_path: Path) -> tuple[str, dict] | None:
-    """(source name, options) of the `data` section in the model's run config.yaml, if there is one."""
+def _run_section(model_path: Path, key: str) -> dict:
+    """One section of the model's run config.yaml ({} without one)."""
     import yaml
 
     cfg_file = RunFolder.containing(model_path).config
     try:
-        data = dict((yaml.safe_load(cfg_file.read_text()) or {}).get("data") or {})
+        return dict((yaml.safe_load(cfg_file.read_text()) or {}).get(key) or {})
     except (OSError, yaml.YAMLError):
-        return None
+        return {}
+
+
+def bpb_bytes_kind(model_path: Path) -> str:
+    """How the model's preset counts a token's bytes for bits per byte (nanochat.recipe.Preset.bpb_token_bytes)."""
+    from nanochat.recipe import PRESETS, V0
+
+    return PRESETS.get(_run_section(model_path, "model").get("preset"), V0).bpb_token_bytes
+
+
+def _run_data(model_path: Path) -> tuple[str, dict] | None:
+    """(source name, options) of the `data` section in the model's run config.yaml, if there is one."""
+    data = _run_section(model_path, "data")
     if "name" not in data:
         return None
     name = data.pop("name")
@@ -79,7 +91,7 @@ def _bpb(model, tokenizer, options: dict, device, model_path: Path) -> dict:
     seq = model.config.sequence_len
     batch, steps = int(opts.get("batch_size", 8)), int(opts.get("steps", 16))
     batches = ((x.to(device), y.to(device)) for x, y in val_loader(source, tokenizer, batch, seq, steps=steps))
-    return {"score": evaluate_bpb(model, batches, tokenizer.token_bytes().to(device)), "steps": steps,
+    return {"score": evaluate_bpb(model, batches, tokenizer.token_bytes(bpb_bytes_kind(model_path)).to(device)), "steps": steps,
             "tokens": steps * batch * seq}
 
 

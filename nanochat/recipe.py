@@ -117,6 +117,9 @@ class Preset:
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     horizon: HorizonSettings = field(default_factory=HorizonSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
+    # how bits per byte count a token's bytes: "decoded" (UTF-8 length of its decoded text; v0, jan2026) or
+    # "raw" (its byte length, as the July-2026 reference's decode_single_token_bytes; 193 of 32,768 tokens differ)
+    bpb_token_bytes: str = "decoded"
 
     def resolve(self, **overrides) -> tuple[OptimSettings, ScheduleSettings, HorizonSettings, BatchSettings]:
         """The preset's settings with every non-None override applied (unknown names raise)."""
@@ -179,6 +182,7 @@ JUL2026 = Preset(
     schedule=ScheduleSettings(warmup_steps=40, warmup_ratio=0.0, warmdown_ratio=0.65, final_lr_frac=0.05),
     horizon=HorizonSettings(param_data_ratio=12.0, scaling_params="matrices+lm_head"),
     batch=BatchSettings(total_batch_tokens=AUTO),
+    bpb_token_bytes="raw",
 )
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (V0, JAN2026, JUL2026)}

@@ -329,3 +329,19 @@ def test_muon_orthogonalises_in_the_compute_dtype_for_jul2026():
     assert seen == [torch.bfloat16, torch.float32]
     G = torch.randn(3, 16, 8)
     assert optim.polar_express(G, 5, dtype=torch.float32).dtype == torch.float32
+
+
+def test_jul2026_counts_raw_token_bytes_for_bpb(tmp_path):
+    """val bpb of a jul2026 run counts each token's raw bytes (the July-2026 reference's token_bytes); older presets
+    the UTF-8 length of its decoded text. The evaluation reads the rule from the model's run config."""
+    from nanochat.evaluation import bpb_bytes_kind
+    from nanochat.recipe import JAN2026, JUL2026, V0
+
+    assert (V0.bpb_token_bytes, JAN2026.bpb_token_bytes, JUL2026.bpb_token_bytes) == ("decoded", "decoded", "raw")
+    run = tmp_path / "base" / "r"
+    (run / "model").mkdir(parents=True)
+    (run / "config.yaml").write_text("model:\n  preset: jul2026\n")
+    assert bpb_bytes_kind(run / "model") == "raw"
+    (run / "config.yaml").write_text("model:\n  preset: jan2026\n")
+    assert bpb_bytes_kind(run / "model") == "decoded"
+    assert bpb_bytes_kind(tmp_path / "elsewhere") == "decoded"

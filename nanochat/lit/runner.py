@@ -224,7 +224,8 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
     record_start(cfg, folder, tokenizer, run.init_from)
 
     L.seed_everything(cfg.seed, verbose=False)
-    module = NanochatLM(plan, tokenizer.token_bytes(), compile=bool(hw.compile), init_from=run.init_from,
+    bytes_kind = scaling.get_preset(plan.preset).bpb_token_bytes  # val bpb as the preset's reference counts bytes
+    module = NanochatLM(plan, tokenizer.token_bytes(bytes_kind), compile=bool(hw.compile), init_from=run.init_from,
                         fp8=bool(hw.fp8), precision=str(hw.precision))
     throughput = ThroughputMFU(plan.flops_per_token, plan.total_batch_tokens, hw.peak_flops)
     samples = SampleGenerations(tokenizer, list(run.sample_prompts), every=st.sample_every,
