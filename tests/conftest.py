@@ -14,3 +14,15 @@ def tiny_env(tmp_path_factory):
     tok_dir = root / "tok"
     Tokenizer.byte_level().save(tok_dir)
     return root, corpus, tok_dir
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine waiting for a second one costs 10-20x
+    (a module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

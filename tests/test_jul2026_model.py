@@ -23,13 +23,7 @@ JUL = dict(window_pattern="SSSL", short_window_frac=0.25, short_window_multiple=
            rope_base=100000.0, logit_softcap=15.0, init="jul2026")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine waiting for a second one costs a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> GPTConfig:
