@@ -59,8 +59,6 @@ def _remove_empty_run_dir(outputs) -> None:
     if not HydraConfig.initialized():
         return
     folder, root = Path(HydraConfig.get().runtime.output_dir).resolve(), Path(outputs).resolve()
-    while folder != root and root in folder.parents and folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+    while (folder == root or root in folder.parents) and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()  # the run folder, then its empty parents up to and including the outputs root
         folder = folder.parent
-    if folder == root and folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
