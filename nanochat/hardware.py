@@ -189,22 +189,28 @@ def attention_backend(device_name: str | None = None, capability: tuple[int, int
 
 
 def estimate_run(plan, hardware, mfu: float | None = None) -> str:
-    """A few lines printed before a run: wall time at an assumed MFU, energy and cost.
+    """The one estimate printed before a run: wall time at the profile's MFU of its peak, then energy and cost.
 
-    From the hardware profile: peak_flops (per device), expected_mfu (default 0.4), power_watts (per device,
-    its share of the host included), price_per_hour (per device; rented machines) or price_per_kwh (owned ones).
+    From the hardware profile: peak_flops (per device; a number once "auto" is resolved), expected_mfu,
+    power_watts (per device, its share of the host included), price_per_hour (per device; rented machines) or
+    price_per_kwh (owned ones).
     """
     peak = hardware.peak_flops
     mfu = float(mfu if mfu is not None else (hardware.expected_mfu or 0.4))
-    if not peak or peak <= 0:
+    if not isinstance(peak, (int, float)) or peak <= 0:
         return "run estimate: set hardware.peak_flops to estimate the time"
     if not 0 < mfu <= 1:
         raise NanochatError(f"expected MFU must be in (0, 1], got {mfu}")
     hours = plan.estimated_hours(float(peak), mfu)
     devices = plan.world_size
     line = (f"run estimate: {plan.total_flops:.3e} FLOPs on {devices} device(s) at {mfu:.0%} MFU of "
-            f"{float(peak):.3g} FLOP/s each -> {_duration(hours)}")
-    lines = [line]
+            f"{float(peak):.3g} FLOP/s each -> {duration(hours)}")
+    return "\n".join([line, *cost_lines(hours, hardware, devices)])
+
+
+def cost_lines(hours: float, hardware, devices: int = 1) -> list[str]:
+    """Energy and cost of `hours` on `devices` devices of this profile (none when the profile gives no figures)."""
+    lines = []
     watts = hardware.power_watts
     kwh = None
     if watts:
@@ -215,10 +221,10 @@ def estimate_run(plan, hardware, mfu: float | None = None) -> str:
         lines.append(f"  cost      ${hours * float(price_h) * devices:,.2f} (${float(price_h):g}/h per device)")
     elif price_kwh and kwh is not None:
         lines.append(f"  cost      ${kwh * float(price_kwh):,.2f} of electricity (${float(price_kwh):g}/kWh)")
-    return "\n".join(lines)
+    return lines
 
 
-def _duration(hours: float) -> str:
+def duration(hours: float) -> str:
     if hours < 1 / 60:
         return f"{hours * 3600:.0f} s"
     if hours < 1:
@@ -228,5 +234,5 @@ def _duration(hours: float) -> str:
     return f"{hours / 24:.1f} days"
 
 
-__all__ = ["AttentionBackend", "DeviceMemory", "attention_backend", "device_memory", "estimate_run",
+__all__ = ["AttentionBackend", "DeviceMemory", "attention_backend", "cost_lines", "device_memory", "duration", "estimate_run",
            "is_unified_memory", "meminfo_memory", "parse_meminfo"]

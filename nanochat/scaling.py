@@ -278,7 +278,8 @@ class Plan:
             raise NanochatError(f"peak_flops must be positive and mfu in (0, 1], got {peak_flops} and {mfu}")
         return self.total_flops / (peak_flops * self.world_size * mfu) / 3600.0
 
-    def describe(self, peak_flops: float | None = None, mfu: float = 0.4) -> str:
+    def describe(self) -> str:
+        """The plan in a few lines; the time, energy and cost estimate is nanochat.hardware.estimate_run's."""
         m = self.model
         lrs = self.effective_lrs
         lines = [
@@ -321,11 +322,6 @@ class Plan:
             f"final lr x{self.schedule.final_lr_frac:g}" + (f", lrs x{self.optim.lr_multiplier:g}" if self.optim.lr_multiplier != 1 else "")
             + (f", grad clip {self.grad_clip:g}" if self.grad_clip else ", no grad clipping"),
         ]
-        if peak_flops:
-            lines.append(
-                f"  time       ~{self.estimated_hours(peak_flops, mfu):.2f} h at {mfu:.0%} MFU of "
-                f"{peak_flops:.3g} FLOP/s per device"
-            )
         return "\n".join(lines)
 
     def as_dict(self) -> dict:

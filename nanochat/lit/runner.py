@@ -205,7 +205,7 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
     hw, st = cfg.hardware, cfg.stage
     run = prepare(cfg, out)
     plan, tokenizer = run.plan, run.tokenizer
-    print(plan.describe(peak_flops=hw.peak_flops, mfu=hw.expected_mfu), flush=True)
+    print(plan.describe(), flush=True)
     print(estimate_run(plan, hardware_of(cfg)), flush=True)
     if cfg.plan_only:  # before anything touches the run folder
         return {"plan": plan}

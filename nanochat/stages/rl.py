@@ -99,7 +99,7 @@ def run(cfg: DictConfig) -> dict:
                             f"expects {model.config.vocab_size:,}")
     train_task, test_task = load_tasks(st)
     plan = plan_for(cfg, model.config, tokenizer.vocab_size, len(train_task), s)
-    print(plan.describe(peak_flops=None) + "\n" + describe(s, len(train_task), len(test_task)), flush=True)
+    print(plan.describe() + "\n" + describe(s, len(train_task), len(test_task)), flush=True)
     if cfg.plan_only:
         return {"plan": plan}
 
