@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanochat.attention import CausalSelfAttention, Linear, apply_rotary, norm  # noqa: F401 (re-exported)
+from nanochat.chunked_loss import chunked_cross_entropy
 from nanochat.common import NanochatError
 from nanochat.gpt_init import SCHEMES, init_parameters
 
@@ -163,6 +164,8 @@ class Block(nn.Module):
 class GPT(nn.Module):
     # rotary tables cover this many times the training context (prompts and generation may run that long)
     ROTARY_OVERSIZE = 10
+    # tokens per chunk of the fused lm_head + cross-entropy when targets are given (0 = full logits); set_loss_chunk
+    loss_chunk: int = 0
 
     def __init__(self, config: GPTConfig):
         """Only shapes are decided here; this may run on the meta device. `init_weights()` fills the data."""
@@ -230,6 +233,15 @@ class GPT(nn.Module):
         if compute_dtype is not None:
             model.set_compute_dtype(compute_dtype)
         return model
+
+    def set_loss_chunk(self, n: int) -> None:
+        """With n > 0, forward() with targets computes the lm_head and the loss n tokens at a time
+        (nanochat.chunked_loss): same loss and gradients, no (B, T, V) logits. 0 restores the full logits.
+        The chunked path multiplies by lm_head.weight itself, so an fp8-converted lm_head runs in the compute
+        dtype there."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise NanochatError(f"loss_chunk must be a whole number of tokens >= 0 (0 = off), got {n!r}")
+        self.loss_chunk = n
 
     def set_compute_dtype(self, dtype: torch.dtype) -> "GPT":
         """Store the token and value embedding tables in `dtype`; activations then start (and stay) in it.
@@ -302,6 +314,9 @@ class GPT(nn.Module):
         if T > self.rotary_len:
             raise NanochatError(f"sequence of {T} tokens is longer than the rotary table ({self.rotary_len})")
         x = self._trunk(idx, self.cos[:, :T], self.sin[:, :T])
+        if targets is not None and self.loss_chunk > 0:
+            return chunked_cross_entropy(norm(x), self.lm_head.weight, targets, self.config.logit_softcap,
+                                         self.loss_chunk, loss_reduction)
         logits = self.lm_head(norm(x)).float()
         cap = self.config.logit_softcap
         if cap and cap > 0:
