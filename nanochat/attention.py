@@ -6,13 +6,16 @@ are written into the cache first and the queries attend over everything cached s
 
 Per layer: q, k, v projections; an optional value embedding mixed into v through a small gate
 (`ve_gate_scale * sigmoid(...)`, one value per kv head); RoPE, then QK-norm, then q and k scaled by
-`qk_scale` (1 = off); SDPA with grouped-query attention; the output projection.
+`qk_scale` (1 = off); SDPA with grouped-query attention (or, for sliding windows, the kernel chosen in
+nanochat.attention_kernels); the output projection.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from nanochat.attention_kernels import attend, check_backend, window_mask  # noqa: F401 (window_mask re-exported)
 
 _TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
 _SDPA_HAS_GQA = _TORCH_VERSION >= (2, 5)
@@ -33,13 +36,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x1, x2 = x[..., :half], x[..., half:]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
-
-
-def window_mask(t: int, window: int, device) -> torch.Tensor:
-    """Boolean (T, T) mask, True where query i may attend key j: 0 <= i - j <= window."""
-    pos = torch.arange(t, device=device)
-    delta = pos[:, None] - pos[None, :]
-    return (delta >= 0) & (delta <= window)
 
 
 class Linear(nn.Linear):
@@ -68,6 +64,7 @@ class CausalSelfAttention(nn.Module):
         self.head_dim = config.head_dim
         self.qk_scale = float(config.qk_scale)
         self.ve_gate_scale = float(config.ve_gate_scale)
+        self.backend = "sdpa"  # the uncached kernel (nanochat.attention_kernels); set through GPT.set_attention
         d = config.n_embd
         self.c_q = Linear(d, self.n_head * self.head_dim, bias=False)
         self.c_k = Linear(d, self.n_kv_head * self.head_dim, bias=False)
@@ -100,12 +97,13 @@ class CausalSelfAttention(nn.Module):
         q, k = self._scale_qk(norm(q)), self._scale_qk(norm(k))  # QK-norm after the rotation
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         k, v, kwargs = self._share_kv_heads(k, v)
-        if window < T:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(T, window, q.device), **kwargs)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **kwargs)
+        y = attend(q, k, v, window, self.backend, **kwargs)
         y = y.transpose(1, 2).contiguous().view(B, T, -1)
         return self.c_proj(y)
+
+    def set_backend(self, name: str) -> None:
+        """The uncached forward's kernel, "sdpa" or "flex" (the cached path always uses SDPA)."""
+        self.backend = check_backend(name)
 
     def _share_kv_heads(self, k, v):
         """(k, v, SDPA kwargs) for grouped-query attention: SDPA's own GQA where torch has it, else repeated heads."""

@@ -254,6 +254,17 @@ class GPT(nn.Module):
             self.value_embeds.to(dtype=dtype)
         return self
 
+    def set_attention(self, name: str) -> None:
+        """The kernel of the uncached forward on every layer: "sdpa" (the default) or "flex" (sliding-window layers
+        through flex_attention; nanochat.attention_kernels). Call it before compiling the model: the flex block
+        masks for the training context are built here, outside any compiled graph."""
+        from nanochat.attention_kernels import check_backend, prepare
+
+        check_backend(name)
+        for block in self.transformer.h:
+            block.attn.set_backend(name)
+        prepare(name, self.config.sequence_len, self.window_sizes, self.transformer.wte.weight.device)
+
     # -- initialisation ---------------------------------------------------------------------------------
     def _rotary_tables(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         head_dim = self.config.head_dim
