@@ -9,7 +9,6 @@ figures differ too much to hard-code.
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -24,6 +23,7 @@ UNIFIED_MEMORY_GPUS = ("GB10", "Orin", "Thor")
 # "bf16-cast" is the reference's compute-dtype scheme (Lightning runs "32-true"): fp32 master weights, bf16
 # embeddings and activations, Linear layers casting their weights (nanochat.gpt.GPT.set_compute_dtype)
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "bf16-cast", "64-true", "transformer-engine")
+ATTENTION_CHOICES = ("auto", "sdpa", "flex")  # nanochat.attention_kernels.BACKENDS plus auto
 
 
 @dataclass
@@ -39,6 +39,9 @@ class HardwareConfig:
     compile: bool = knob(False, "torch.compile the model for training")
     fp8: bool = knob(False, "train the large Linear layers in fp8 (tensorwise scaling; needs sm_89+: H100, GB10); "
                             "evaluation stays full precision, MFU stays against peak_flops")
+    attention: str = knob("auto", "attention kernel: auto = flex on CUDA for models with sliding windows shorter than the "
+                                  "context (SDPA's flash kernel stays on full layers), else sdpa; sdpa; flex",
+                          choices=ATTENTION_CHOICES)
     peak_flops: Optional[float] = knob(None, "peak FLOP/s per device: MFU and time estimates", low=0)
     device_batch_size: Any = knob(8, "rows per micro-batch per device (base, mid); auto = the largest that fits "
                                      "(probed on CUDA, estimated elsewhere)")
@@ -137,51 +140,61 @@ def device_memory(device_index: int = 0, *, device_name: str | None = None, inte
 
 @dataclass(frozen=True)
 class AttentionBackend:
-    name: str  # "sdpa", "flash_attn_2" or "flash_attn_3"
+    name: str  # "sdpa" or "flex" (nanochat.attention_kernels.BACKENDS)
     reason: str
 
     def describe(self) -> str:
         return f"attention: {self.name} ({self.reason})"
 
 
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
+def resolve_attention(choice: str, config, device_type: str, capability: tuple[int, int] | None = None, *,
+                      training: bool = False) -> AttentionBackend:
+    """The attention kernel of a model (`GPTConfig`) on a device type ("cuda", "cpu", "mps").
 
-
-def attention_backend(device_name: str | None = None, capability: tuple[int, int] | None = None,
-                      available: set[str] | None = None) -> AttentionBackend:
-    """The fastest attention kernel this machine can run: FA3 on Hopper (sm_90) when `flash_attn_interface` is
-    installed, FA2 on Ampere or newer when `flash_attn` is, else PyTorch SDPA (always works; on GB10, sm_121,
-    FA3 never runs and SDPA or FA2 are the choices).
-
-    `available` names the importable packages (default: looked up); device_name/capability default to GPU 0.
+    auto: "flex" on a CUDA GPU (sm_80+) when the model has sliding-window layers shorter than its context and torch
+    has flex_attention (an explicit mask keeps SDPA off its flash kernel there), else "sdpa". An explicit choice is
+    honoured; "flex" off CUDA runs eagerly (slow) and cannot train (no backward), so `training=True` refuses it.
+    `capability` defaults to GPU 0's when CUDA is visible.
     """
-    if device_name is None:
+    from nanochat.attention_kernels import has_flex
+    from nanochat.gpt import window_sizes
+
+    if choice not in ATTENTION_CHOICES:
+        raise NanochatError(f"hardware.attention={choice!r} must be one of: {', '.join(ATTENTION_CHOICES)}")
+    short = sorted({w for w in window_sizes(config) if w < config.sequence_len})
+    windows = (f"{sum(w < config.sequence_len for w in window_sizes(config))} of {config.n_layer} layers look back "
+               f"{'/'.join(map(str, short))} of {config.sequence_len} tokens")
+    if choice == "sdpa":
+        return AttentionBackend("sdpa", "asked for")
+    if choice == "flex":
+        if not has_flex():
+            raise NanochatError("hardware.attention=flex needs torch.nn.attention.flex_attention (torch >= 2.5)")
+        if device_type != "cuda":
+            if training:
+                raise NanochatError(f"hardware.attention=flex cannot train on {device_type}: flex_attention has a "
+                                    "backward only on CUDA; use attention=sdpa or auto")
+            return AttentionBackend("flex", f"asked for; on {device_type} flex_attention runs uncompiled (slow) "
+                                            "and cannot train")
+        if not short:
+            return AttentionBackend("flex", "asked for; no layer has a window shorter than the context, so every "
+                                            "layer still runs SDPA's causal kernel")
+        return AttentionBackend("flex", f"asked for; {windows} through compiled flex_attention")
+    # auto
+    if device_type != "cuda":
+        return AttentionBackend("sdpa", f"{device_type}: flex_attention is compiled (fast) only on CUDA")
+    if not short:
+        return AttentionBackend("sdpa", "no sliding-window layers: SDPA's causal flash kernel everywhere")
+    if not has_flex():
+        return AttentionBackend("sdpa", f"{windows} but this torch has no flex_attention (needs >= 2.5)")
+    if capability is None:
         import torch
 
-        if not torch.cuda.is_available():
-            return AttentionBackend("sdpa", "no CUDA device")
-        device_name = torch.cuda.get_device_name(0)
-        capability = torch.cuda.get_device_capability(0)
-    if device_name == "cpu" or capability is None:
-        return AttentionBackend("sdpa", "no CUDA device")
-    if available is None:
-        available = {m for m in ("flash_attn", "flash_attn_interface") if _importable(m)}
-    sm = f"sm_{capability[0]}{capability[1]}"
-    if tuple(capability) == (9, 0) and "flash_attn_interface" in available:
-        return AttentionBackend("flash_attn_3", f"{device_name} is {sm} (Hopper) and flash_attn_interface is installed")
-    if capability[0] >= 8 and "flash_attn" in available:
-        note = "; FlashAttention-3 does not run on sm_121" if tuple(capability) == (12, 1) else ""
-        return AttentionBackend("flash_attn_2", f"{device_name} is {sm} and flash_attn is installed{note}")
-    if capability[0] < 8:
-        return AttentionBackend("sdpa", f"{device_name} is {sm}: FlashAttention needs sm_80 or newer")
-    hint = "pip install flash-attn for FlashAttention-2"
-    if tuple(capability) == (12, 1):
-        hint += " (built for sm_121; FlashAttention-3 does not run here)"
-    return AttentionBackend("sdpa", f"{device_name} is {sm}; {hint}")
+        capability = torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None
+    if capability is not None and tuple(capability) < (8, 0):
+        sm = f"sm_{capability[0]}{capability[1]}"
+        return AttentionBackend("sdpa", f"{sm}: flex_attention's kernels are tuned for sm_80 and newer")
+    return AttentionBackend("flex", f"{windows}: flex_attention skips the blocks outside the window, where SDPA "
+                                    "with a mask leaves its flash kernel")
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -234,5 +247,5 @@ def duration(hours: float) -> str:
     return f"{hours / 24:.1f} days"
 
 
-__all__ = ["AttentionBackend", "DeviceMemory", "attention_backend", "cost_lines", "device_memory", "duration", "estimate_run",
-           "is_unified_memory", "meminfo_memory", "parse_meminfo"]
+__all__ = ["AttentionBackend", "DeviceMemory", "cost_lines", "device_memory", "duration", "estimate_run",
+           "is_unified_memory", "meminfo_memory", "parse_meminfo", "resolve_attention"]

@@ -9,8 +9,9 @@ import yaml
 
 from nanochat import scaling
 from nanochat.common import NanochatError
-from nanochat.hardware import (DeviceMemory, attention_backend, device_memory, estimate_run, is_unified_memory,
-                               parse_meminfo)
+from nanochat.gpt import GPTConfig
+from nanochat.hardware import (DeviceMemory, device_memory, estimate_run, is_unified_memory, parse_meminfo,
+                               resolve_attention)
 from nanochat.hardware import HardwareConfig as HW
 from nanochat.lit.memfit import (ProbeResult, apply_fit, batch_candidates, choose_device_batch, fit_plan,
                                  memory_budget, planning_batch_size)
@@ -68,25 +69,40 @@ def test_device_memory_cpu_and_old_kernel():
     assert device_memory().total > 0  # this machine
 
 
-@pytest.mark.parametrize("name,cap,avail,expected", [
-    ("NVIDIA GB10", (12, 1), {"flash_attn", "flash_attn_interface"}, "flash_attn_2"),  # never FA3 on sm_121
-    ("NVIDIA GB10", (12, 1), set(), "sdpa"),
-    ("NVIDIA H100 80GB HBM3", (9, 0), {"flash_attn", "flash_attn_interface"}, "flash_attn_3"),
-    ("NVIDIA H100 80GB HBM3", (9, 0), {"flash_attn"}, "flash_attn_2"),
-    ("NVIDIA A100-SXM4-80GB", (8, 0), {"flash_attn_interface"}, "sdpa"),  # FA3 is Hopper only
-    ("Tesla V100-SXM2-16GB", (7, 0), {"flash_attn"}, "sdpa"),  # FA2 needs sm_80
-    ("cpu", None, {"flash_attn"}, "sdpa"),
+WINDOWED = GPTConfig(sequence_len=2048, n_layer=4, n_head=4, n_kv_head=4, n_embd=256, window_pattern="SSSL",
+                     short_window_multiple=128)
+FULL = replace(WINDOWED, window_pattern=None)
+
+
+@pytest.mark.parametrize("choice,config,device,cap,expected", [
+    ("auto", WINDOWED, "cuda", (9, 0), "flex"),  # windows shorter than the context on a GPU: flex
+    ("auto", WINDOWED, "cuda", (12, 1), "flex"),
+    ("auto", WINDOWED, "cuda", (7, 5), "sdpa"),  # flex's kernels want sm_80+
+    ("auto", FULL, "cuda", (9, 0), "sdpa"),  # no windows: SDPA's causal flash kernel everywhere
+    ("auto", replace(WINDOWED, short_window_frac=1.0), "cuda", (9, 0), "sdpa"),  # "S" = the whole context
+    ("auto", WINDOWED, "cpu", None, "sdpa"),
+    ("auto", WINDOWED, "mps", None, "sdpa"),
+    ("sdpa", WINDOWED, "cuda", (9, 0), "sdpa"),  # explicit choices are honoured
+    ("flex", FULL, "cuda", (9, 0), "flex"),
+    ("flex", WINDOWED, "cpu", None, "flex"),
 ])
-def test_attention_backend(name, cap, avail, expected):
-    choice = attention_backend(name, cap, avail)
-    assert choice.name == expected
-    assert choice.reason and choice.describe().startswith(f"attention: {expected}")
-    if name == "NVIDIA GB10":
-        assert "FlashAttention-3 does not run" in choice.reason
+def test_resolve_attention(choice, config, device, cap, expected):
+    got = resolve_attention(choice, config, device, cap)
+    assert got.name == expected and got.reason
+    assert got.describe() == f"attention: {expected} ({got.reason})"
+    if (choice, device, expected) == ("auto", "cuda", "flex"):
+        assert "3 of 4 layers look back 512 of 2048 tokens" in got.reason
+    if choice == "flex" and device == "cpu":
+        assert "cannot train" in got.reason
 
 
-def test_attention_backend_here():
-    assert attention_backend().name in ("sdpa", "flash_attn_2", "flash_attn_3")
+def test_resolve_attention_refuses():
+    with pytest.raises(NanochatError, match="must be one of: auto, sdpa, flex"):
+        resolve_attention("fa3", WINDOWED, "cuda", (9, 0))
+    with pytest.raises(NanochatError, match="cannot train on cpu"):
+        resolve_attention("flex", WINDOWED, "cpu", training=True)
+    assert resolve_attention("flex", WINDOWED, "cuda", (9, 0), training=True).name == "flex"
+    assert HW().attention == "auto"
 
 
 def test_estimate_run_time_energy_cost():
