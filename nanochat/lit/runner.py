@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from nanochat import scaling
 from nanochat.common import NanochatError, atomic_write_bytes
 from nanochat.gpt import GPTConfig
-from nanochat.hardware import estimate_run
+from nanochat.hardware import estimate_run, resolve_attention
 from nanochat.lit.callbacks import AtomicCheckpointIO, NonFiniteGuard, SampleGenerations, StepProgressBar, ThroughputMFU
 from nanochat.lit.memfit import apply_fit
 from nanochat.layout import RunFolder
@@ -136,6 +136,13 @@ def make_logger(cfg: DictConfig, out: Path):
     return CSV(save_dir=str(out), name="logs", version="")
 
 
+def device_type(accelerator: str) -> str:
+    """The torch device type a Lightning accelerator trains on ("auto": CUDA when visible)."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "mps" if accelerator == "mps" else "cpu"
+
+
 def _point_triton_at_cuda_ptxas() -> None:
     """GB10 (sm_121) needs CUDA 13's ptxas; Triton's bundled one may predate it."""
     if os.environ.get("TRITON_PTXAS_PATH") or "GB10" not in torch.cuda.get_device_name(0):
@@ -219,6 +226,8 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
     if getattr(run.datamodule, "accum", None) is not None:
         run.datamodule.accum = plan.grad_accum
     print(fit.estimate.describe() + "\n" + fit.describe(), flush=True)
+    attention = resolve_attention(str(hw.attention), plan.model, device_type(hw.accelerator), training=True)
+    print(attention.describe(), flush=True)
     if hw.accelerator == "gpu" and hw.compile:
         _point_triton_at_cuda_ptxas()
     record_start(cfg, folder, tokenizer, run.init_from)
@@ -226,7 +235,7 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
     L.seed_everything(cfg.seed, verbose=False)
     bytes_kind = scaling.get_preset(plan.preset).bpb_token_bytes  # val bpb as the preset's reference counts bytes
     module = NanochatLM(plan, tokenizer.token_bytes(bytes_kind), compile=bool(hw.compile), init_from=run.init_from,
-                        fp8=bool(hw.fp8), precision=str(hw.precision))
+                        fp8=bool(hw.fp8), precision=str(hw.precision), attention=attention.name)
     throughput = ThroughputMFU(plan.flops_per_token, plan.total_batch_tokens, hw.peak_flops)
     samples = SampleGenerations(tokenizer, list(run.sample_prompts), every=st.sample_every,
                                 max_tokens=st.sample_tokens, chat=run.chat_samples)
@@ -259,7 +268,8 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
     val_bpb = val.get("val/bpb", float("nan"))
 
     summary = {"stage": st.name, "steps": trainer.global_step, "val_bpb": val_bpb, "val_loss": val.get("val/loss"),
-               "fit_seconds": fit_s, "plan": plan.as_dict(), **run.info}
+               "fit_seconds": fit_s, "plan": plan.as_dict(),
+               "attention": {"backend": attention.name, "reason": attention.reason}, **run.info}
     if throughput.history:
         steady = throughput.history[1:] or throughput.history  # the first step includes one-off warm-up
         summary.update(tok_per_s=statistics.median(r for _, r, _ in steady),
