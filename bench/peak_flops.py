@@ -1,33 +1,19 @@
 """The best dense matmul rate of this machine in fp32 and bf16: where a hardware profile's `peak_flops` comes from.
 
 MFU is only as honest as its denominator. For each dtype and square size n, time `a @ b` (2·n³ FLOPs) several
-times and keep the best rate; the best over sizes is the machine's practical peak. On a CPU the rate depends on
-the thread count (torch's default: every core), so run it on an otherwise idle machine.
+times and keep the best rate; the best over sizes is the machine's practical peak. The timing is
+nanochat.probe's, the probe behind `hardware.peak_flops=auto` (which caches one figure per device and dtype). On a
+CPU the rate depends on the thread count (torch's default: every core), so run it on an otherwise idle machine.
 
     python bench/peak_flops.py [--sizes 1024 2048 4096] [--reps 5] [--device cpu|cuda]
 """
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-
-def matmul_rate(n: int, dtype: torch.dtype, device: str, reps: int) -> float:
-    """Best FLOP/s of an n x n @ n x n matmul over `reps` timed runs (after one warm-up)."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    a @ b
-    sync()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
+from nanochat.probe import matmul_rate  # the same timing as hardware.peak_flops=auto
 
 
 def main():
@@ -42,7 +28,7 @@ def main():
     for dtype in (torch.float32, torch.bfloat16):
         name = str(dtype).removeprefix("torch.")
         for n in args.sizes:
-            rate = matmul_rate(n, dtype, args.device, args.reps)
+            rate = matmul_rate(n, dtype, args.device, reps=args.reps, inner=10 if args.device.startswith("cuda") else 1)
             best[name] = max(best.get(name, 0.0), rate)
             print(f"  {name:8s} n={n:5d}: {rate / 1e9:8.1f} GFLOP/s")
     for name, rate in best.items():

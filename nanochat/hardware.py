@@ -42,7 +42,13 @@ class HardwareConfig:
     attention: str = knob("auto", "attention kernel: auto = flex on CUDA for models with sliding windows shorter than the "
                                   "context (SDPA's flash kernel stays on full layers), else sdpa; sdpa; flex",
                           choices=ATTENTION_CHOICES)
-    peak_flops: Optional[float] = knob(None, "peak FLOP/s per device: MFU and time estimates", low=0)
+    loss_chunk: int = knob(0, "tokens per chunk of the fused lm_head + soft-capped cross-entropy in training "
+                              "(0 = off: full logits)", low=0)
+    peak_flops: Optional[Any] = knob(None, "peak FLOP/s per device for MFU and time estimates: a number, or auto "
+                                           "(measured by a cached matmul probe in the profile's precision, "
+                                           "nanochat.probe)")
+    peak_flops_nominal: Optional[float] = knob(None, "peak_flops=auto on a machine without this profile's GPU (a "
+                                                     "plan made elsewhere): FLOP/s per device assumed instead", low=0)
     device_batch_size: Any = knob(8, "rows per micro-batch per device (base, mid); auto = the largest that fits "
                                      "(probed on CUDA, estimated elsewhere)")
     num_threads: Optional[int] = knob(None, "torch intra-op threads (null = torch's default)", low=1)
@@ -201,14 +207,19 @@ def resolve_attention(choice: str, config, device_type: str, capability: tuple[i
 # time, energy and cost of a run
 
 
-def estimate_run(plan, hardware, mfu: float | None = None) -> str:
+def estimate_run(plan, hardware, mfu: float | None = None, peak_source: str | None = None) -> str:
     """The one estimate printed before a run: wall time at the profile's MFU of its peak, then energy and cost.
 
-    From the hardware profile: peak_flops (per device; a number once "auto" is resolved), expected_mfu,
-    power_watts (per device, its share of the host included), price_per_hour (per device; rented machines) or
-    price_per_kwh (owned ones).
+    From the hardware profile: peak_flops (per device; "auto" is resolved here by nanochat.probe unless the
+    caller resolved it and names how in `peak_source`), expected_mfu, power_watts (per device, its share of the
+    host included), price_per_hour (per device; rented machines) or price_per_kwh (owned ones).
     """
     peak = hardware.peak_flops
+    if peak == "auto":
+        from nanochat.probe import resolve_peak_flops
+
+        resolved = resolve_peak_flops(hardware)
+        peak, peak_source = resolved.value, resolved.source
     mfu = float(mfu if mfu is not None else (hardware.expected_mfu or 0.4))
     if not isinstance(peak, (int, float)) or peak <= 0:
         return "run estimate: set hardware.peak_flops to estimate the time"
@@ -217,7 +228,7 @@ def estimate_run(plan, hardware, mfu: float | None = None) -> str:
     hours = plan.estimated_hours(float(peak), mfu)
     devices = plan.world_size
     line = (f"run estimate: {plan.total_flops:.3e} FLOPs on {devices} device(s) at {mfu:.0%} MFU of "
-            f"{float(peak):.3g} FLOP/s each -> {duration(hours)}")
+            f"{float(peak):.3g} FLOP/s each{f' ({peak_source})' if peak_source else ''} -> {duration(hours)}")
     return "\n".join([line, *cost_lines(hours, hardware, devices)])
 
 

@@ -2,6 +2,8 @@
 import re
 import subprocess
 
+import torch
+
 from tests.helpers import ROOT, env_for, train_cmd
 
 
@@ -40,4 +42,6 @@ def test_2026_experiments_plan_the_reference_runs(tmp_path):
     # one Spark: d18 finishing in about a day at the profile's measured rate
     assert "depth 18" in spark and "1 device(s)" in spark
     hours = float(re.search(r"run estimate: .* -> ([\d.]+) h", spark).group(1))
+    if not torch.cuda.is_available():  # planned without the GPU: GB10's nominal peak, not a probe of this CPU
+        assert "of 9.5e+13 FLOP/s each (nominal for dgx_spark, not measured: no CUDA GPU here)" in spark
     assert 18 <= hours <= 30, hours

@@ -30,6 +30,7 @@ from nanochat.lit.callbacks import AtomicCheckpointIO, NonFiniteGuard, SampleGen
 from nanochat.lit.memfit import apply_fit
 from nanochat.layout import RunFolder
 from nanochat.lit.module import NanochatLM, lightning_precision
+from nanochat.probe import resolved_hardware
 from nanochat.stages.cli import hardware_of, run_dir
 
 @dataclass
@@ -213,12 +214,14 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
     run = prepare(cfg, out)
     plan, tokenizer = run.plan, run.tokenizer
     print(plan.describe(), flush=True)
-    print(estimate_run(plan, hardware_of(cfg)), flush=True)
+    # peak_flops=auto is measured (or, for a plan made elsewhere, the profile's nominal figure) once, here: the
+    # estimate below and the MFU logged during training divide by the same number
+    hardware, peak = resolved_hardware(hardware_of(cfg))
+    print(estimate_run(plan, hardware, peak_source=peak.source if hw.peak_flops == "auto" else None), flush=True)
     if cfg.plan_only:  # before anything touches the run folder
         return {"plan": plan}
     folder, ckpt_path = open_run(cfg, out)
     # memory fit: on CUDA probe real steps; everywhere check the estimate (an explicit size that cannot fit stops here)
-    hardware = hardware_of(cfg)
     if "device_batch_size" in st:  # the stage's own rows per micro-batch (sft), not the profile's
         hardware = dataclasses.replace(hardware, device_batch_size=plan.device_batch_size)
     fit = apply_fit(run, hardware, probe=hw.accelerator == "gpu")
@@ -235,8 +238,9 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
     L.seed_everything(cfg.seed, verbose=False)
     bytes_kind = scaling.get_preset(plan.preset).bpb_token_bytes  # val bpb as the preset's reference counts bytes
     module = NanochatLM(plan, tokenizer.token_bytes(bytes_kind), compile=bool(hw.compile), init_from=run.init_from,
-                        fp8=bool(hw.fp8), precision=str(hw.precision), attention=attention.name)
-    throughput = ThroughputMFU(plan.flops_per_token, plan.total_batch_tokens, hw.peak_flops)
+                        fp8=bool(hw.fp8), precision=str(hw.precision), loss_chunk=int(hw.loss_chunk),
+                        attention=attention.name)
+    throughput = ThroughputMFU(plan.flops_per_token, plan.total_batch_tokens, hardware.peak_flops)
     samples = SampleGenerations(tokenizer, list(run.sample_prompts), every=st.sample_every,
                                 max_tokens=st.sample_tokens, chat=run.chat_samples)
     logger = make_logger(cfg, out)
@@ -268,7 +272,8 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
     val_bpb = val.get("val/bpb", float("nan"))
 
     summary = {"stage": st.name, "steps": trainer.global_step, "val_bpb": val_bpb, "val_loss": val.get("val/loss"),
-               "fit_seconds": fit_s, "plan": plan.as_dict(),
+               "fit_seconds": fit_s, "plan": plan.as_dict(), "peak_flops": hardware.peak_flops,
+               "peak_flops_source": peak.source,
                "attention": {"backend": attention.name, "reason": attention.reason}, **run.info}
     if throughput.history:
         steady = throughput.history[1:] or throughput.history  # the first step includes one-off warm-up

@@ -26,6 +26,9 @@ def validate(cfg) -> None:
 
     get_preset(cfg.model.preset)
     check_device_batch(cfg.hardware.device_batch_size)
+    from nanochat.probe import check_peak_flops
+
+    check_peak_flops(cfg.hardware.peak_flops)
     check_batch_tokens(cfg.stage.get("total_batch_tokens"))
     for name, options in (cfg.get("pipeline") or {}).items():  # an integer or auto, per stage
         if name in STAGES:
