@@ -8,7 +8,9 @@ update buffers). Each term is derived from the same shapes `nanochat.gpt` builds
   attention  the residual stream saved by the pre-norm, the normed input of c_q/c_k/c_v, the rotated q/k saved by
              QK-norm, the normed q/k and v saved by SDPA, its output (c_proj's input) and log-sum-exp
   MLP        the normed input of c_fc, relu's output (its own backward) and the square (c_proj's input): 2 x 4d
-  logits     fp32: tanh's output (soft cap) and log_softmax's output are saved; their gradients are the peak
+  logits     fp32: tanh's output (soft cap) and log_softmax's output are saved; their gradients are the peak.
+             With a loss chunk (nanochat.chunked_loss) only the gradients of the lm_head's input and weight wait
+             for the backward, and the logit temporaries are one chunk's (chunk x vocab) instead
 
 `estimate_training_memory` works without torch allocations (pure arithmetic), so it can size a batch for a GPU
 that is not there. `measure_peak` counts the live tensor bytes of a real run on any device (a dispatch mode that
@@ -52,6 +54,7 @@ class MemoryEstimate:
     optimizer_name: str
     per_layer_activations: int  # one block's saved tensors (the average over layers)
     logits_activations: int
+    loss_chunk: int = 0  # tokens per chunk of the fused lm_head + loss (0 = full logits)
 
     @property
     def static(self) -> int:
@@ -70,7 +73,8 @@ class MemoryEstimate:
             f"  gradients     {gib(self.grads)}",
             f"  optimizer     {gib(self.optimizer)}",
             f"  activations   {gib(self.activations)} ({gib(self.per_layer_activations)} per layer, "
-            f"logits {gib(self.logits_activations)})",
+            f"logits {gib(self.logits_activations)}"
+            f"{f', loss in chunks of {self.loss_chunk:,} tokens' if self.loss_chunk else ''})",
             f"  workspace     {gib(max(self.workspace, self.step_workspace - self.activations))}",
             f"  total (peak)  {gib(self.total)}",
         ]
@@ -144,12 +148,14 @@ def _layer_activation_bytes(cfg: GPTConfig, tokens: int, window: int, layer: int
 
 def estimate_training_memory(plan_or_config, device_batch_size: int | None = None, seq_len: int | None = None,
                              precision: str = "32-true", compile: bool = False, optimizer: str = "muon_adamw",
-                             muon_beta2: float | None = None, world_size: int | None = None) -> MemoryEstimate:
+                             muon_beta2: float | None = None, world_size: int | None = None,
+                             loss_chunk: int = 0) -> MemoryEstimate:
     """Estimated peak bytes of training on one device with this micro-batch (a `scaling.Plan` or a `GPTConfig`).
 
     From a Plan, the device batch, sequence length and Muon's beta2 default to the plan's. Gradients are counted
     as resident (gradient accumulation keeps them between micro-steps). With world_size > 1 (DDP) the gradient
-    buckets add one more copy of the gradients.
+    buckets add one more copy of the gradients. loss_chunk > 0: the training loss is computed that many tokens
+    at a time (`GPT.set_loss_chunk`), without the full logits.
     """
     if hasattr(plan_or_config, "model") and hasattr(plan_or_config, "total_batch_tokens"):
         plan = plan_or_config
@@ -167,6 +173,8 @@ def estimate_training_memory(plan_or_config, device_batch_size: int | None = Non
         raise NanochatError(f"device_batch_size must be a positive integer, got {device_batch_size!r}")
     if not isinstance(seq_len, int) or seq_len <= 0:
         raise NanochatError(f"seq_len must be a positive integer, got {seq_len!r}")
+    if isinstance(loss_chunk, bool) or not isinstance(loss_chunk, int) or loss_chunk < 0:
+        raise NanochatError(f"loss_chunk must be a whole number of tokens >= 0, got {loss_chunk!r}")
     if optimizer not in OPTIMIZERS:
         raise NanochatError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
     if seq_len != cfg.sequence_len:
@@ -200,7 +208,15 @@ def estimate_training_memory(plan_or_config, device_batch_size: int | None = Non
     embed = res * d * tokens * (2 if cfg.resid_scalars else 1)  # embedding output (norm) (+ x0 for the scalars)
     final = (res + act) * d * tokens  # final residual (norm) and the normed lm_head input
     logit_bytes = 4 * V * tokens  # logits and everything after them are fp32
-    if compile:
+    if loss_chunk > 0:
+        # the same kernels compiled or not: the forward leaves the gradients of h (matmul dtype) and of W (fp32);
+        # one chunk holds its matmul output (+ fp32 copy), the capped logits, logsumexp's temporary and the
+        # gradient cast back, then W's chunk gradient (+ its fp32 copy)
+        c = min(loss_chunk, tokens)
+        half = act != 4
+        saved_logits = act * d * tokens + 4 * V * d
+        logit_temp = (3 * 4 + (2 * act if half else 0)) * c * V + (act + 4 if half else 4) * V * d
+    elif compile:
         # the cast, soft cap and cross-entropy fuse into kernels that keep only lm_head's output (and a small
         # log-sum-exp); the backward writes one gradient of the same size
         saved_logits = act * V * tokens
@@ -226,6 +242,7 @@ def estimate_training_memory(plan_or_config, device_batch_size: int | None = Non
         workspace=int(workspace), step_workspace=int(step_ws), device_batch_size=B, seq_len=T,
         precision=str(precision), compile=bool(compile), optimizer_name=optimizer,
         per_layer_activations=int(sum(layers) / len(layers)), logits_activations=int(saved_logits),
+        loss_chunk=loss_chunk,
     )
 
 

@@ -82,7 +82,8 @@ def choose_device_batch(plan, hardware, probe: bool = True, *, memory: DeviceMem
                         try_batch: Callable[[int], ProbeResult] | None = None) -> tuple[int, int, FitReport]:
     """(device_batch, grad_accum, report) for this plan on this hardware profile.
 
-    `hardware`: a HardwareConfig (accelerator, precision, compile, device_batch_size: int or "auto", memory_headroom).
+    `hardware`: a HardwareConfig (accelerator, precision, compile, loss_chunk, device_batch_size: int or "auto",
+    memory_headroom).
     `probe`: confirm candidates with real steps (only on a single CUDA device; estimate only otherwise).
     `memory` / `try_batch` replace the live memory query and the CUDA probe (tests, or a custom probe).
     """
@@ -91,6 +92,7 @@ def choose_device_batch(plan, hardware, probe: bool = True, *, memory: DeviceMem
     pinned = requested != "auto"
     precision = str(hardware.precision)
     compile_ = bool(hardware.compile)
+    loss_chunk = int(getattr(hardware, "loss_chunk", 0) or 0)
     on_gpu = hardware.accelerator in ("gpu", "cuda")
     if memory is None:
         memory = device_memory(int(os.environ.get("LOCAL_RANK", 0))) if on_gpu else device_memory(device_name="cpu")
@@ -106,12 +108,13 @@ def choose_device_batch(plan, hardware, probe: bool = True, *, memory: DeviceMem
         candidates = sorted({requested, *candidates}, reverse=True)
 
     def estimate(b: int) -> MemoryEstimate:
-        return estimate_training_memory(plan, device_batch_size=b, precision=precision, compile=compile_)
+        return estimate_training_memory(plan, device_batch_size=b, precision=precision, compile=compile_,
+                                        loss_chunk=loss_chunk)
 
     estimates = {b: estimate(b).total for b in candidates}
     use_probe = probe and (try_batch is not None or (on_gpu and world == 1))
     if use_probe and try_batch is None:
-        try_batch = cuda_probe(plan, precision, compile_, budget)
+        try_batch = cuda_probe(plan, precision, compile_, budget, loss_chunk=loss_chunk)
     report = FitReport(device_batch=0, grad_accum=0, pinned=pinned, budget=budget, memory=memory,
                        estimate=estimate(candidates[-1]), estimates=estimates)
 
@@ -179,7 +182,7 @@ def apply_fit(run, hardware, probe: bool = True, **kwargs) -> FitReport:
 
 
 def cuda_probe(plan, precision: str, compile: bool, budget: int, steps: int = 2,
-               device_index: int | None = None) -> Callable[[int], ProbeResult]:
+               device_index: int | None = None, loss_chunk: int = 0) -> Callable[[int], ProbeResult]:
     """A function batch -> ProbeResult running `steps` micro-batches of forward/backward and one optimizer step.
 
     The probe runs eager (compiling every candidate would take minutes); with compile on, its measured peak is
@@ -199,8 +202,10 @@ def cuda_probe(plan, precision: str, compile: bool, budget: int, steps: int = 2,
         model = opt = None
         ratio = 1.0
         if compile:
-            eager = estimate_training_memory(plan, device_batch_size=batch, precision=precision, compile=False)
-            compiled = estimate_training_memory(plan, device_batch_size=batch, precision=precision, compile=True)
+            eager = estimate_training_memory(plan, device_batch_size=batch, precision=precision, compile=False,
+                                             loss_chunk=loss_chunk)
+            compiled = estimate_training_memory(plan, device_batch_size=batch, precision=precision, compile=True,
+                                                loss_chunk=loss_chunk)
             ratio = compiled.total / eager.total
         try:
             gc.collect()
@@ -209,6 +214,7 @@ def cuda_probe(plan, precision: str, compile: bool, budget: int, steps: int = 2,
             base = torch.cuda.memory_allocated(device)
             cast = torch.bfloat16 if precision == "bf16-cast" else None  # bf16 embeddings, fp32 master weights
             model = GPT.build(plan.model, device=device, compute_dtype=cast)
+            model.set_loss_chunk(loss_chunk)
             if half is not None:
                 model = model.to(half)
             opt = build_optimizer(model, **plan.optimizer_kwargs())

@@ -32,9 +32,10 @@ def lightning_precision(precision: str) -> str:
 
 class NanochatLM(L.LightningModule):
     def __init__(self, plan: Plan, token_bytes: torch.Tensor, compile: bool = False, init_from: str | None = None,
-                 fp8: bool = False, precision: str = "32-true", attention: str = "sdpa"):
+                 fp8: bool = False, precision: str = "32-true", loss_chunk: int = 0, attention: str = "sdpa"):
         super().__init__()
         self.attention = attention  # the uncached attention kernel, "sdpa" or "flex" (GPT.set_attention)
+        self.loss_chunk = loss_chunk  # training loss n tokens at a time, no full logits (GPT.set_loss_chunk)
         self.compute_precision = str(precision)  # "bf16-cast": embeddings (hence activations) in bf16 on sm80+ GPUs
         self.plan = plan
         self.config = plan.model
@@ -58,6 +59,7 @@ class NanochatLM(L.LightningModule):
             from nanochat.checkpoint import load_state_dict
 
             model.load_state_dict(load_state_dict(self.init_from))
+        model.set_loss_chunk(int(self.loss_chunk))
         model.set_attention(self.attention)  # before compile: flex block masks are built outside the graph
         if self.fp8:  # before compile; same Parameters and state-dict keys, so checkpoints and export are unchanged
             from nanochat.fp8 import convert_to_fp8, describe_conversion
