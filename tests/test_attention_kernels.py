@@ -131,3 +131,16 @@ def test_flex_gradients_equal_sdpa_on_cuda():
     assert g0.keys() == g1.keys()
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], atol=1e-4, rtol=1e-3, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flex_attention trains only on CUDA")
+def test_flex_in_a_compiled_model_trains_on_cuda():
+    model = model_of(device="cuda")
+    idx = torch.randint(0, 97, (2, 32), device="cuda")
+    want = model(idx, idx).item()
+    model.set_attention("flex")
+    model.compile(dynamic=False)
+    loss = model(idx, idx)
+    loss.backward()
+    assert abs(loss.item() - want) < 1e-4
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in model.transformer.h.parameters())
