@@ -255,6 +255,8 @@ class TrainConfig:
 
     seed: int = knob(42, "random seed", low=0)
     plan_only: bool = knob(False, "print the derived plan (and estimates) and stop; writes nothing")
+    time_budget: Optional[str] = knob(None, "stage=all or base: the largest model (and longest horizon) whose whole "
+                                            "run fits this wall time, e.g. 10h, 20m, 1h30m (probes this device first)")
     ckpt_path: Optional[str] = knob(None, "null = fresh run; last = resume this run folder; or a .ckpt path")
     tokenizer_dir: Optional[str] = knob(None, "tokenizer folder (null = the latest trained tokenizer)")
     mixture: Optional[str] = knob(None, "conversation mixture of mid/sft: a name in nanochat/mixtures/ or a "

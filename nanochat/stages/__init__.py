@@ -25,6 +25,9 @@ def validate(cfg) -> None:
     from nanochat.recipe import check_batch_tokens, get_preset
 
     get_preset(cfg.model.preset)
+    from nanochat.stages.budget_plan import check as check_budget
+
+    check_budget(cfg)  # time_budget= only with stage=all or base, and a duration
     check_device_batch(cfg.hardware.device_batch_size)
     from nanochat.probe import check_peak_flops
 

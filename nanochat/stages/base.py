@@ -22,8 +22,10 @@ def default_packing(cfg: DictConfig) -> str:
 def prepare(cfg: DictConfig, out: Path) -> StageRun:
     from nanochat.lit.datamodule import NanochatDataModule
     from nanochat.provenance import warn_if_other_data
+    from nanochat.stages.budget_plan import apply_to_base
     from nanochat.tokenizer import Tokenizer, get_tokenizer
 
+    decision = apply_to_base(cfg, out)  # time_budget=: the chosen depth and horizon, set as overrides would be
     st = cfg.stage
     # a resumed run keeps the tokenizer it started with (a newer one may have been trained since)
     run_tok = out / "tokenizer"
@@ -45,7 +47,8 @@ def prepare(cfg: DictConfig, out: Path) -> StageRun:
         packing=default_packing(cfg),
     )
     return StageRun(plan=plan, datamodule=dm, tokenizer=tokenizer, init_from=st.init_from,
-                    sample_prompts=list(st.sample_prompts), info={"packing": default_packing(cfg)})
+                    sample_prompts=list(st.sample_prompts),
+                    info={"packing": default_packing(cfg), **({"time_budget": decision} if decision else {})})
 
 
 def run(cfg: DictConfig) -> dict:

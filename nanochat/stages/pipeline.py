@@ -35,7 +35,8 @@ def _user_overrides() -> list[str]:
     keep = []
     for o in HydraConfig.get().overrides.task:
         key = o.split("=", 1)[0].lstrip("+~")
-        if key in ("stage", "run_name", "ckpt_path", "plan_only") or key.startswith(("stage.", "hydra.", "pipeline.")):
+        if key in ("stage", "run_name", "ckpt_path", "plan_only", "time_budget") or key.startswith(
+                ("stage.", "hydra.", "pipeline.")):
             continue
         keep.append(o)
     return keep
@@ -115,11 +116,30 @@ def stage_state(folder: Path) -> str:
     return "new"
 
 
-def plan_all(cfg: DictConfig, stages: list[str], common: list[str], root: Path, name: str) -> dict:
+def apply_budget(cfg: DictConfig, stages: list[str], common: list[str], root: Path,
+                 name: str) -> tuple[list[str], list[str], str]:
+    """time_budget=: probe, choose, print the per-stage table; returns (common overrides with the chosen depth,
+    base's chosen horizon overrides, the run name - which follows the chosen depth unless run_name is set)."""
+    from nanochat.stages.budget_plan import last_wins, plan_pipeline
+    from nanochat.stages.cli import run_dir
+
+    extras = {s: stage_overrides(cfg, s) for s in stages if s != "tokenizer"}
+    if "base" in extras and "tokenizer" in stages:
+        extras["base"].append(f"tokenizer_dir={RunFolder.of('tokenizer', name, root).tokenizer}")
+    chosen = plan_pipeline(cfg, stages, common, extras, None if cfg.plan_only else run_dir())
+    model = [o for o in chosen if o.startswith("model.")]
+    for o in model:
+        OmegaConf.update(cfg, o.split("=", 1)[0], int(o.split("=", 1)[1]), merge=False)
+    return last_wins([*common, *model]), [o for o in chosen if not o.startswith("model.")], cfg.run_name
+
+
+def plan_all(cfg: DictConfig, stages: list[str], common: list[str], root: Path, name: str,
+             base_extra: tuple[str, ...] = ()) -> dict:
     """stage=all plan_only=true: every stage's plan, nothing trained or written."""
     python = sys.executable
     for i, stage in enumerate(stages):
-        extra = [f"stage={stage}", f"run_name={name}", "plan_only=true", *stage_overrides(cfg, stage)]
+        extra = [f"stage={stage}", f"run_name={name}", "plan_only=true", *stage_overrides(cfg, stage),
+                 *(base_extra if stage == "base" else ())]
         if stage == "tokenizer":
             print(f"\n=== tokenizer: vocab {cfg.data.tokenizer.vocab_size:,} from up to {cfg.data.tokenizer.max_chars:,} "
                   f"characters of '{cfg.data.name}' -> {RunFolder.of('tokenizer', name, root).tokenizer}", flush=True)
@@ -151,9 +171,12 @@ def run(cfg: DictConfig) -> dict:
     name = cfg.run_name
     common = _user_overrides()
     check_stages(cfg, stages, common)
+    base_extra: list[str] = []
+    if cfg.get("time_budget") is not None:  # the chosen depth and base horizon, as overrides
+        common, base_extra, name = apply_budget(cfg, stages, common, root, name)
     python = sys.executable
     if cfg.plan_only:
-        return plan_all(cfg, stages, common, root, name)
+        return plan_all(cfg, stages, common, root, name, tuple(base_extra))
     t0 = time.time()
     downloader = None
     hub = hub_dataset(cfg.data.name)
@@ -170,7 +193,7 @@ def run(cfg: DictConfig) -> dict:
             folder = root / stage / name
             state = stage_state(folder)
             extra = [f"stage={stage}", f"run_name={name}", f"hydra.run.dir={folder}",
-                     *stage_overrides(cfg, stage)]
+                     *stage_overrides(cfg, stage), *(base_extra if stage == "base" else ())]
             if stage == "base" and "tokenizer" in stages:
                 extra.append(f"tokenizer_dir={root / 'tokenizer' / name / 'tokenizer'}")
             source_stage = input_stage(cfg, stage, stages[:stages.index(stage)])
