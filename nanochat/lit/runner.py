@@ -260,9 +260,16 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
         limit_val_batches=None if eval_every > 0 else 0,
         check_val_every_n_epoch=None,  # val length: the data module's val_tokens
     )
+    on_cuda = hw.accelerator == "gpu" and torch.cuda.is_available()
+    if on_cuda:  # the training peak alone, not the memory fit's probe before it
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     trainer.fit(module, datamodule=run.datamodule, ckpt_path=ckpt_path)
     fit_s = time.time() - t0
+    memory = {"estimate_bytes": fit.estimate.total, "budget_bytes": fit.budget}
+    if on_cuda:
+        memory.update(peak_allocated_bytes=torch.cuda.max_memory_allocated(),
+                      peak_reserved_bytes=torch.cuda.max_memory_reserved())
     if eval_every > 0 and plan.num_steps % eval_every == 0 and "val/bpb" in trainer.callback_metrics:
         val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     else:
@@ -270,10 +277,12 @@ def run_training(cfg: DictConfig, prepare: Callable[[DictConfig, Path], StageRun
         results = trainer.validate(module, datamodule=run.datamodule, verbose=False)
         val = {k: float(v) for k, v in results[0].items()} if results else {}
     val_bpb = val.get("val/bpb", float("nan"))
+    if on_cuda:  # above the training peak only if evaluation needed more (e.g. a recompiled graph)
+        memory["peak_reserved_with_eval_bytes"] = torch.cuda.max_memory_reserved()
 
     summary = {"stage": st.name, "steps": trainer.global_step, "val_bpb": val_bpb, "val_loss": val.get("val/loss"),
                "fit_seconds": fit_s, "plan": plan.as_dict(), "peak_flops": hardware.peak_flops,
-               "peak_flops_source": peak.source,
+               "peak_flops_source": peak.source, "memory": memory,
                "attention": {"backend": attention.name, "reason": attention.reason}, **run.info}
     if throughput.history:
         steady = throughput.history[1:] or throughput.history  # the first step includes one-off warm-up
