@@ -54,10 +54,13 @@ def _git_commit() -> str | None:
         return None
 
 
-def _version(module: str) -> str | None:
+def _version(dist: str) -> str | None:
+    """An installed distribution's version, without importing it (lightning alone takes seconds to import)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        return getattr(__import__(module), "__version__", "?")
-    except Exception:  # noqa: BLE001  (absent or broken: recorded as such)
+        return version(dist)
+    except PackageNotFoundError:
         return None
 
 
@@ -70,8 +73,9 @@ def env(check) -> dict:
 
     info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-            "triton": _version("triton"), "lightning": _version("lightning"), "hydra": _version("hydra"),
-            "openai": _version("openai"), "fastapi": _version("fastapi"), "nanochat_commit": _git_commit(),
+            "triton": _version("triton"), "lightning": _version("lightning"), "hydra": _version("hydra-core"),
+            "openai": _version("openai"), "fastapi": _version("fastapi"),
+            "nanochat_rustbpe": _version("nanochat-rustbpe"), "nanochat_commit": _git_commit(),
             "profile": check.sizes.profile}
     if check.sizes.device == "cuda":
         props = torch.cuda.get_device_properties(0)
