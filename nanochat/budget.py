@@ -5,8 +5,10 @@ device (`nanochat.throughput_probe`). For each candidate depth the planner adds 
 tokenizer, base pretraining at a horizon, mid-training and SFT on their mixtures, the evaluations - and picks the
 largest depth whose whole run fits the budget, then the longest base horizon that still fits, within the
 preset's sensible range: half to twice its tokens-per-parameter ratio (a bigger model cut short, or a smaller one
-trained longer). When even the smallest model does not fit at half the ratio, it trains the smallest model for
-what the budget allows, and says so. The probe's own seconds come out of the budget first.
+trained longer). The run always ends at the budget: when the next depth does not fit even at half the ratio,
+the chosen one trains past twice it; when even the smallest model does not fit at half the ratio, it trains for
+what the budget allows. Both cases are said in the table. The seconds spent before training (start-up, planning,
+the probe) come out of the budget first.
 
 The choice is ordinary overrides (`model.depth`, `stage.param_data_ratio`, `stage.num_iterations=-1`,
 `stage.target_flops=null`): the run that follows is the run the same keys typed by hand would give.
@@ -87,6 +89,7 @@ class Choice:
     stages: list[StageCost]
     probe_s: float = 0.0  # seconds spent before training: start-up, planning, the probe (out of the budget)
     below_range: bool = False  # even the smallest model needed a shorter horizon than the range allows
+    beyond_range: bool = False  # the next depth did not fit: this one trains longer than the range, to the budget
     candidates: list[tuple[int, float | None]] = field(default_factory=list)  # (depth, fitting ratio or None)
 
     @property
@@ -100,7 +103,8 @@ class Choice:
 
     def as_dict(self) -> dict:
         return {"time_budget_s": self.budget_s, "depth": self.depth, "param_data_ratio": self.param_data_ratio,
-                "preset_ratio": self.preset_ratio, "below_range": self.below_range, "probe_s": self.probe_s,
+                "preset_ratio": self.preset_ratio, "below_range": self.below_range,
+                "beyond_range": self.beyond_range, "probe_s": self.probe_s,
                 "estimated_s": self.total_s, "base_steps": self.plan.num_steps,
                 "stages": {s.name: s.seconds for s in self.stages},
                 "candidates": {f"d{d}": r for d, r in self.candidates}}
@@ -115,6 +119,9 @@ class Choice:
         if self.below_range:
             lines.append(f"  note      the smallest model does not fit at {lo:g} tokens/param: it trains for what the "
                          f"budget allows")
+        if self.beyond_range:
+            lines.append(f"  note      d{self.depth + 1} does not fit at {lo:g} tokens/param: d{self.depth} trains past "
+                         f"{hi:g}, to the end of the budget")
         if fits:
             lines.append(f"  fitting   tokens/param that fit per depth: {fits}")
         rows = [StageCost("so far", self.probe_s, "start-up, planning and throughput probe")] if self.probe_s else []
@@ -221,10 +228,18 @@ def choose(budget_s: float, plan_for: Callable, rates, workload: Workload, depth
                                 f"needs at least {need} here" + (f" after the {spent_s:.0f} s probe" if spent_s else ""))
         best = (depth, ratio)
     depth, ratio = best
+    beyond = False
+    if not below and ratio >= hi:  # the next depth does not fit: this one trains for the rest of the budget
+        top = hi
+        while total(depth, top * 2)[1] <= available and top < hi * 2 ** 20:
+            top *= 2
+        extended = longest(depth, top, top * 2)
+        beyond = extended > hi * 1.001
+        ratio = extended
     ratio = _round_down(ratio)
     plan, _ = total(depth, ratio)
     return Choice(budget_s=budget_s, depth=depth, param_data_ratio=ratio, preset_ratio=preset_ratio, plan=plan,
-                  stages=stage_costs(plan, rates, workload), probe_s=spent_s, below_range=below,
+                  stages=stage_costs(plan, rates, workload), probe_s=spent_s, below_range=below, beyond_range=beyond,
                   candidates=[(d, _round_down(r) if r else None) for d, r in candidates])
 
 

@@ -157,24 +157,14 @@ def _base_dir():
     return get_base_dir()
 
 
-def _guess_depth(plan_for, w: budget.Workload, budget_s: float, hw, depths: list[int], preset_ratio: float) -> int:
-    """A first depth to probe around: what fits at the profile's peak_flops x expected_mfu (else its depth)."""
-    peak = hw.peak_flops if isinstance(hw.peak_flops, (int, float)) else None
-    if not peak:
-        return depths[len(depths) // 2]
-    rate = float(peak) * float(hw.expected_mfu)
-    assumed = budget.AssumedRates(rate)
-    try:
-        return budget.choose(budget_s, plan_for, assumed, w, depths, preset_ratio).depth
-    except NanochatError:
-        return depths[0]
+def choose_for(cfg: DictConfig, stages: list[str], stage_cfgs: dict, log=print,
+               since: float | None = None) -> budget.Choice:
+    """Probe this device and choose the depth and horizon for `cfg.time_budget` (printing the per-stage table).
 
-
-def choose_for(cfg: DictConfig, stages: list[str], stage_cfgs: dict, log=print) -> budget.Choice:
-    """Probe this device and choose the depth and horizon for `cfg.time_budget` (printing the per-stage table)."""
+    The budget's clock started at `since` (a time.perf_counter() value; None = when this process started)."""
     from nanochat.stages.cli import hardware_of
 
-    t0 = time.perf_counter() - process_age()  # the budget counts from the command's start
+    t0 = time.perf_counter() - process_age() if since is None else since
     budget_s = budget.parse_duration(cfg.time_budget)
     base_cfg = stage_cfgs["base"]
     vocab = _vocab_size(cfg, base_cfg.get("tokenizer_dir"))
@@ -185,23 +175,33 @@ def choose_for(cfg: DictConfig, stages: list[str], stage_cfgs: dict, log=print) 
     if cfg.stage.name == "base":
         w.running = ("base",)
     hw = cfg.hardware
-    guess = _guess_depth(plan_for, w, budget_s, hw, depths, preset_ratio)
-    first = plan_for(guess, preset_ratio)
+    first = plan_for(depths[0], preset_ratio)
     setup = setup_for(hw.accelerator, hw.precision, bool(hw.compile), first.seq_len, first.device_batch_size,
                       cfg.model.preset)
     log(f"time budget: probing training throughput on {setup.device} ({setup.precision}"
         f"{', compiled' if setup.compile else ''})")
     probed: dict = {}
-    targets = budget.probe_depths(guess, depths[-1])
-    choice = None
-    for _ in range(2):  # probe around the guess; once more at the choice if it lies outside the probed depths
+
+    def measure_and_choose(targets) -> budget.Choice:
         results, _ = probe({d: plan_for(d, preset_ratio) for d in targets if d not in probed}, setup, log=log)
         probed.update(results)
-        spent = time.perf_counter() - t0
-        choice = budget.choose(budget_s, plan_for, RateModel(probed), w, depths, preset_ratio, spent_s=spent)
+        return budget.choose(budget_s, plan_for, RateModel(probed), w, depths, preset_ratio,
+                             spent_s=time.perf_counter() - t0)
+
+    peak = hw.peak_flops if isinstance(hw.peak_flops, (int, float)) else None
+    if peak and hw.accelerator != "cpu":  # a GPU profile's peak x expected MFU is a fair first guess
+        try:
+            guess = budget.choose(budget_s, plan_for, budget.AssumedRates(float(peak) * float(hw.expected_mfu)), w,
+                                  depths, preset_ratio).depth
+        except NanochatError:
+            guess = depths[0]
+    else:  # elsewhere the smallest model, measured (seconds), says more than a nominal peak
+        guess = measure_and_choose([depths[0]]).depth
+    choice = measure_and_choose(budget.probe_depths(guess, depths[-1]))
+    for _ in range(2):  # a choice outside the probed depths is measured too
         if min(probed) <= choice.depth <= max(probed):
             break
-        targets = [choice.depth]
+        choice = measure_and_choose([choice.depth])
     log(choice.describe(hardware_of(cfg), first.world_size))
     return choice
 
