@@ -165,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     check = Check(out, sizes, budget, dry)
-    if dry:  # the dry pass leaves the user's caches alone
-        os.environ.setdefault("NANOCHAT_BASE_DIR", str(check.work / "base"))
+    # the check's tokenizer, sample corpus, peak cache and runs stay out of the user's own (its tokenizer would
+    # otherwise replace theirs as the latest); an explicit NANOCHAT_BASE_DIR / NANOCHAT_OUTPUTS wins
+    os.environ.setdefault("NANOCHAT_BASE_DIR", str(check.work / "base"))
+    os.environ.setdefault("NANOCHAT_OUTPUTS", str(check.work / "outputs"))
     check.log_path.write_text("")
     print(f"[gpu_check] {'dry pass on CPU' if dry else torch.cuda.get_device_name(0)}; budget {budget:.0f} s; "
           f"results in {out}", flush=True)

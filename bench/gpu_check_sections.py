@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -132,6 +133,7 @@ def _data_overrides(check) -> list[str]:
 
 
 def _train_py(check, overrides: list[str], run_dir: Path, name: str) -> subprocess.CompletedProcess:
+    shutil.rmtree(run_dir, ignore_errors=True)  # a rerun starts fresh (a run folder with checkpoints would refuse)
     env = dict(os.environ, PYTHONUNBUFFERED="1", TORCH_LOGS="recompiles")
     cmd = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}"]
     check.log(f"--- {name}: {' '.join(cmd[1:])}")
