@@ -57,7 +57,7 @@ def gpu_sizes(device_name: str) -> Sizes:
     return Sizes(
         profile="dgx_spark" if spark else "h100", device="cuda", depths=(12, 20, 24), seq_len=2048, batch_rows=32,
         steps=20, peak_sizes=(4096, 8192),
-        tokenizer=["data=sample", "data.tokenizer.max_chars=50000000"], data=["data=sample"],
+        tokenizer=["data=sample", "data.tokenizer.max_chars=20000000"], data=["data=sample"],
         attention=dict(depth=12, seq_len=2048, batch=8, steps=5),
         loss=dict(depth=12, seq_len=2048, batch=8, chunk=2048, steps=5),
         evaluation=dict(depth=12, seq_len=2048, batch=8, steps=3, backend="inductor"),

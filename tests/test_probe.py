@@ -89,3 +89,13 @@ def test_estimate_names_where_the_peak_came_from(monkeypatch):
     assert line.endswith(f"-> {duration(hours)}")
     # a configured number prints as before, with no source
     assert "FLOP/s each ->" in estimate_run(plan, HardwareConfig(peak_flops=1e14))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_measures_the_gpu(tmp_path):
+    hw = HardwareConfig(name="gpu", accelerator="gpu", precision="bf16-mixed", peak_flops="auto",
+                        peak_flops_nominal=1.0)
+    got = probe.resolve_peak_flops(hw, path=tmp_path / "peak.json")
+    assert got.value > 1e12 and got.source == "measured, bf16 matmul probe"  # any CUDA GPU beats a TFLOP/s
+    assert probe.resolve_peak_flops(hw, path=tmp_path / "peak.json").source.endswith("cached")
