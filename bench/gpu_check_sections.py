@@ -455,6 +455,34 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _note(name: str, r: dict) -> str:
+    """The headline figure of a finished section, for the summary table."""
+    get = lambda k: _fmt(r.get(k)) if r.get(k) is not None else "n/a"  # noqa: E731
+    if name.startswith("train_d"):
+        return (f"{get('tok_per_s')} tok/s, MFU {get('mfu')}, compile ~{get('compile_s')} s, batch "
+                f"{r.get('device_batch')} x {r.get('grad_accum')}, peak memory / estimate {get('measured_over_estimate')}")
+    if name == "peak":
+        return f"bf16 {r['bf16_flops']:.3g} FLOP/s" + (f" ({r['measured_over_nominal']:.2f} x nominal)"
+                                                      if "measured_over_nominal" in r else "")
+    if name == "engine":
+        return "decode tok/s " + ", ".join(f"b{b} {_fmt(v['decode_tok_per_s'])}" for b, v in r["batches"].items())
+    if name == "serve":
+        return f"first streamed text after {_fmt((r.get('stream') or {}).get('first_text_s'))} s"
+    if name == "env":
+        return f"{r.get('device')}, torch {r.get('torch')}, CUDA {r.get('cuda')}"
+    if name == "evaluation":
+        return f"evaluation compiled {r['eval_new_graphs']} new graph(s)"
+    if name == "attention":
+        return f"sdpa / flex time {get('speedup')} ({r.get('mode')})"
+    if name == "loss":
+        return f"chunked / plain: memory {get('memory_ratio')}, speed {get('speed_ratio')}"
+    if name == "fp8":
+        speed = [_fmt(m["speedup"]) for m in r.get("matmuls", [])]
+        return (f"matmul speed-up {', '.join(speed)}" if speed else r.get("reason") or "") + \
+            (f"; training {get('train_speedup')}" if "train_speedup" in r else "")
+    return ""
+
+
 def render_markdown(record: dict) -> str:
     sections = record["sections"]
     env_ = sections.get("env", {})
@@ -463,12 +491,7 @@ def render_markdown(record: dict) -> str:
              f"; {record['elapsed_s']:.0f} s of a {record['budget_s']:.0f} s budget.", "",
              "| section | status | seconds | note |", "| --- | --- | --- | --- |"]
     for name, r in sections.items():
-        note = r.get("error", "")
-        if name.startswith("train_d") and r.get("status") == "ok":
-            note = (f"{_fmt(r.get('tok_per_s'))} tok/s, MFU {_fmt(r.get('mfu'))}, compile ~{_fmt(r.get('compile_s'))} s, "
-                    f"memory/estimate {_fmt(r.get('measured_over_estimate'))}")
-        elif name == "peak" and r.get("status") == "ok":
-            note = f"bf16 {r['bf16_flops']:.3g} FLOP/s"
+        note = r.get("error", "") if r.get("status") != "ok" else _note(name, r)
         lines.append(f"| {name} | {r.get('status')} | {r.get('seconds', '')} | {note.replace('|', '/')} |")
     lines += ["", "## Details", ""]
     for name, r in sections.items():
