@@ -26,7 +26,7 @@ from nanochat.hardware import cost_lines, duration
 
 RATIO_RANGE = (0.5, 2.0)  # the base horizon: this x the preset's param_data_ratio
 STARTUP_S = {"cpu": 8.0, "gpu": 20.0}  # one stage process: imports, data set-up, export (measured on each kind)
-LOOP_OVERHEAD = 0.08  # data loading, logging and callbacks on top of the model's own step time
+LOOP_OVERHEAD = 0.05  # data loading, logging and callbacks on top of the model's own step time
 EVAL_ITEM_TOKENS = 160  # a multiple-choice item's prompt tokens (forward only)
 CORE_TASKS, CORE_CHOICES = 22, 4  # the CORE bundle: tasks, continuations scored per item
 _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}

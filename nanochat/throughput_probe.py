@@ -15,7 +15,6 @@ Plain PyTorch; no Lightning.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -27,7 +26,7 @@ from nanochat.common import NanochatError, atomic_write_bytes, get_base_dir
 
 CACHE_NAME = "throughput_probe.json"
 MICRO_STEPS = 5  # timed micro-steps (fwd + bwd) after the warm-up ones (at least; see MIN_SECONDS)
-MIN_SECONDS = 1.0  # each timing runs at least this long (a busy machine's spikes then stay out of the median)
+MIN_SECONDS = 2.0  # the micro-step timing runs at least this long: a busy machine's ups and downs average out
 WARMUP_STEPS = 2  # untimed: the first steps compile and allocate
 DECODE_STEPS = 8  # timed KV-cached decode steps (batch 1)
 
@@ -126,8 +125,8 @@ def measure(plan, setup: ProbeSetup, micro_steps: int = MICRO_STEPS, warmup_step
         optimizer.zero_grad(set_to_none=True)
     _sync(device)
     warmup_s = time.perf_counter() - t0
-    micro_s = _median_seconds(micro, micro_steps, device)  # the median: a busy machine's spikes stay out
-    optimizer_s = _median_seconds(optimizer.step, 3, device, min_seconds=0.0)
+    micro_s = _mean_seconds(micro, micro_steps, device)
+    optimizer_s = _mean_seconds(optimizer.step, 3, device, min_seconds=0.0)
     optimizer.zero_grad(set_to_none=True)
     decode_s = _decode_seconds(model, device, setup.precision, decode_steps)
     if device.type == "cuda":
@@ -137,15 +136,15 @@ def measure(plan, setup: ProbeSetup, micro_steps: int = MICRO_STEPS, warmup_step
                        tokens_per_micro=shape[0] * shape[1])
 
 
-def _median_seconds(fn, n: int, device: torch.device, min_seconds: float = MIN_SECONDS) -> float:
-    """Median seconds of `fn` over at least `n` calls and `min_seconds` (at most 4n calls)."""
-    times: list[float] = []
-    while len(times) < n or (sum(times) < min_seconds and len(times) < 4 * n):
-        t = time.perf_counter()
+def _mean_seconds(fn, n: int, device: torch.device, min_seconds: float = MIN_SECONDS) -> float:
+    """Mean seconds of `fn` over at least `n` calls and `min_seconds` (at most 10n calls): a run's wall time is
+    a mean too, so the slow steps of a busy machine count as they will in training."""
+    calls, t = 0, time.perf_counter()
+    while calls < n or (time.perf_counter() - t < min_seconds and calls < 10 * n):
         fn()
         _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        calls += 1
+    return (time.perf_counter() - t) / calls
 
 
 def _decode_seconds(model, device: torch.device, precision: str, steps: int) -> float:
