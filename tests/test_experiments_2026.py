@@ -39,9 +39,9 @@ def test_2026_experiments_plan_the_reference_runs(tmp_path):
     assert "depth 24" in speedrun and "d_model 1536" in speedrun
     assert "batch      1,048,576 tokens = 16 x 2,048 x 8 device(s) x 4 accumulation step(s)" in speedrun
     assert "5,568 steps" in speedrun
-    # one Spark: d18 finishing in about a day at the profile's measured rate
+    # one Spark: d18 finishing in about a day and a half at the profile's measured rate
     assert "depth 18" in spark and "1 device(s)" in spark
     hours = float(re.search(r"run estimate: .* -> ([\d.]+) h", spark).group(1))
     if not torch.cuda.is_available():  # planned without the GPU: GB10's nominal peak, not a probe of this CPU
         assert "of 9.5e+13 FLOP/s each (nominal for dgx_spark, not measured: no CUDA GPU here)" in spark
-    assert 18 <= hours <= 30, hours
+    assert 25 <= hours <= 40, hours
