@@ -31,6 +31,10 @@ WARMUP_STEPS = 2  # untimed: the first steps compile and allocate
 DECODE_STEPS = 8  # timed KV-cached decode steps (batch 1)
 
 
+class DoesNotFit(NanochatError):
+    """The probed model ran out of device memory at this device batch."""
+
+
 @dataclass(frozen=True)
 class ProbeSetup:
     """Everything a measurement depends on besides the depth."""
@@ -119,18 +123,24 @@ def measure(plan, setup: ProbeSetup, micro_steps: int = MICRO_STEPS, warmup_step
             loss = train_model(x, y)
         loss.backward()
 
-    for _ in range(warmup_steps):
-        micro()
-        optimizer.step()
+    try:
+        for _ in range(warmup_steps):
+            micro()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        warmup_s = time.perf_counter() - t0
+        micro_s = _mean_seconds(micro, micro_steps, device)
+        optimizer_s = _mean_seconds(optimizer.step, 3, device, min_seconds=0.0)
         optimizer.zero_grad(set_to_none=True)
-    _sync(device)
-    warmup_s = time.perf_counter() - t0
-    micro_s = _mean_seconds(micro, micro_steps, device)
-    optimizer_s = _mean_seconds(optimizer.step, 3, device, min_seconds=0.0)
-    optimizer.zero_grad(set_to_none=True)
-    decode_s = _decode_seconds(model, device, setup.precision, decode_steps)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+        decode_s = _decode_seconds(model, device, setup.precision, decode_steps)
+    except torch.OutOfMemoryError:
+        raise DoesNotFit(f"d{plan.depth} does not fit in device memory at {setup.device_batch_size} rows per "
+                         f"micro-batch") from None
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return ProbeResult(depth=plan.depth, flops_per_token=plan.flops_per_token, n_params=plan.n_params,
                        micro_s=micro_s, optimizer_s=optimizer_s, decode_s=decode_s, warmup_s=warmup_s,
                        tokens_per_micro=shape[0] * shape[1])

@@ -16,14 +16,15 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from nanochat import budget, scaling
-from nanochat.common import NanochatError, atomic_write_bytes
-from nanochat.throughput_probe import RateModel, probe, setup_for
+from nanochat.common import NanochatError, atomic_write_bytes, get_base_dir
+from nanochat.throughput_probe import DoesNotFit, RateModel, probe, setup_for
 
 BUDGET_STAGES = ("base", "all")
 BUDGET_FILE = "budget.json"  # the decision, in the run folder (base) or the pipeline's folder (all)
 TOKENIZER_CHARS_PER_S = 5e6  # BPE training (rustbpe), reading included
 BPB_TOKENS = 16 * 8  # evaluate.py's bits per byte: steps x rows (x the context)
 CORE_BUNDLE = "eval_bundle"
+BPE_BYTES_PER_TOKEN = 4.0  # a trained BPE of 8K-32K tokens on English (the sample's 8K tokenizer: 4.0)
 
 
 def check(cfg: DictConfig) -> None:
@@ -46,14 +47,15 @@ def _vocab_size(cfg: DictConfig, tokenizer_dir) -> int:
     return int(cfg.data.tokenizer.vocab_size)
 
 
-def _chat_tokenizer(tokenizer_dir):
-    """A tokenizer to measure the mixtures with: the run's, else the latest, else byte-level (an upper bound)."""
+def _chat_tokenizer(tokenizer_dir) -> tuple[object, float]:
+    """A tokenizer to measure the mixtures with, and the factor its counts take: the run's or the latest (1), else
+    byte-level with a BPE's typical bytes per token (the pipeline trains its tokenizer first)."""
     from nanochat.tokenizer import Tokenizer, default_tokenizer_dir, get_tokenizer
 
     for folder in (tokenizer_dir, default_tokenizer_dir()):
         if folder and (Path(folder) / "tokenizer.pkl").exists():
-            return get_tokenizer(folder)
-    return Tokenizer.byte_level()
+            return get_tokenizer(folder), 1.0
+    return Tokenizer.byte_level(), 1 / BPE_BYTES_PER_TOKEN
 
 
 def plan_function(base_cfg: DictConfig, vocab: int):
@@ -64,9 +66,8 @@ def plan_function(base_cfg: DictConfig, vocab: int):
     m, hw = base_cfg.model, base_cfg.hardware
     recipe = plan_overrides(base_cfg)
     switches = model_switches(m)
-    batch = hw.device_batch_size if hw.device_batch_size != scaling.AUTO else scaling.AUTO
     fixed = dict(vocab_size=vocab, seq_len=int(m.sequence_len), aspect_ratio=int(m.aspect_ratio),
-                 head_dim=int(m.head_dim), n_kv_head=m.n_kv_head, device_batch_size=batch,
+                 head_dim=int(m.head_dim), n_kv_head=m.n_kv_head, device_batch_size=hw.device_batch_size,
                  world_size=world_size(hw), num_iterations=-1, target_flops=-1.0, preset=m.preset)
     cache = {}
 
@@ -93,16 +94,17 @@ def workload(cfg: DictConfig, stages: list[str], stage_cfgs: dict, plan_at) -> b
     w.base_eval_tokens, w.base_eval_every = int(b.eval_tokens), int(b.eval_every)
     w.base_sample_every = int(b.sample_every)
     w.base_sample_tokens = len(b.sample_prompts) * int(b.sample_tokens)
-    tokenizer = None
+    tokenizer, scale = None, 1.0
     seq_len = int(cfg.model.sequence_len)
     reference = plan_at(int(cfg.model.depth))
     for name in ("mid", "sft"):
         if name not in stages:
             continue
         sc = stage_cfgs[name]
-        tokenizer = tokenizer or _chat_tokenizer(stage_cfgs["base"].get("tokenizer_dir"))
+        if tokenizer is None:
+            tokenizer, scale = _chat_tokenizer(stage_cfgs["base"].get("tokenizer_dir"))
         train, _ = build_tasks(sc)
-        mean = min(seq_len, mean_tokens(train, tokenizer))
+        mean = min(seq_len, scale * mean_tokens(train, tokenizer))
         st = sc.stage
         if name == "mid":
             batch = st.total_batch_tokens or scaling.get_preset(cfg.model.preset).batch.total_batch_tokens
@@ -129,7 +131,7 @@ def workload(cfg: DictConfig, stages: list[str], stage_cfgs: dict, plan_at) -> b
             fwd = gen = 0.0
             if "bpb" in evals:
                 fwd += BPB_TOKENS * seq_len
-            if "core" in evals and (Path(_base_dir()) / CORE_BUNDLE).exists():
+            if "core" in evals and (get_base_dir() / CORE_BUNDLE).exists():
                 fwd += budget.CORE_TASKS * per_task * budget.CORE_CHOICES * budget.EVAL_ITEM_TOKENS
             for e in evals:
                 if e in ("arc_easy", "arc_challenge", "mmlu"):
@@ -149,12 +151,6 @@ def process_age() -> float:
         return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return 0.0
-
-
-def _base_dir():
-    from nanochat.common import get_base_dir
-
-    return get_base_dir()
 
 
 def choose_for(cfg: DictConfig, stages: list[str], stage_cfgs: dict, log=print,
@@ -183,8 +179,17 @@ def choose_for(cfg: DictConfig, stages: list[str], stage_cfgs: dict, log=print,
     probed: dict = {}
 
     def measure_and_choose(targets) -> budget.Choice:
-        results, _ = probe({d: plan_for(d, preset_ratio) for d in targets if d not in probed}, setup, log=log)
-        probed.update(results)
+        nonlocal depths
+        for d in sorted(set(targets) - set(probed)):
+            if d > depths[-1]:
+                continue
+            try:
+                probed.update(probe({d: plan_for(d, preset_ratio)}, setup, log=log)[0])
+            except DoesNotFit as e:  # this depth and deeper ones are out
+                log(f"  probe d{d}: {e}")
+                depths = [x for x in depths if x < d]
+                if not depths or not probed:
+                    raise NanochatError(f"time_budget: {e}; lower hardware.device_batch_size") from None
         return budget.choose(budget_s, plan_for, RateModel(probed), w, depths, preset_ratio,
                              spent_s=time.perf_counter() - t0)
 
