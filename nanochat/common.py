@@ -22,6 +22,20 @@ def get_base_dir() -> Path:
     return path
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (changing it races other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(final: str | os.PathLike):
     """Yield a temporary path beside `final`; on success it is fsynced and renamed over `final`.
@@ -33,6 +47,7 @@ def atomic_path(final: str | os.PathLike):
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode a plain open() would (0644 usually)
         yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

@@ -11,7 +11,8 @@ in our own layout only, with a message that names the features in the way.
 
 Output folder: `model.safetensors`, `config.json`, `tokenizer/` (ours), `README.md` (model card), and when the
 architecture allows it the files `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained(out)` read
-(`config.json` is then the transformers config, with ours under its "nanochat" key; `tokenizer.json`). `out`
+(`config.json` is then the transformers config, with ours under its "nanochat" key; `tokenizer.json`, whose
+special tokens are spelled "<｜bos｜>" so that text saying "<|bos|>" stays text, as in ours). `out`
 must be new, empty or an earlier export (replaced as a whole): any other folder is refused, so an export never
 overwrites files it did not write.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -40,15 +42,38 @@ _LAYER_MAP = {
 _TOP_MAP = {"transformer.wte.weight": "model.embed_tokens.weight", "lm_head.weight": "lm_head.weight"}
 # F.rms_norm(eps=None) uses the dtype's machine epsilon; fp32's is what our weights were evaluated with
 _RMS_EPS = float(torch.finfo(torch.float32).eps)
-# chat rendering as our tokenizer does it: BOS, the system message folded into the first user turn
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% set sys = namespace(text='') %}"
-    "{% for m in messages %}{% if m['role'] == 'system' %}{% set sys.text = m['content'] + '\\n\\n' %}"
-    "{% elif m['role'] == 'user' %}<|user_start|>{{ sys.text }}{{ m['content'] }}<|user_end|>"
-    "{% set sys.text = '' %}"
-    "{% elif m['role'] == 'assistant' %}<|assistant_start|>{{ m['content'] }}<|assistant_end|>{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant_start|>{% endif %}"
-)
+# The exported tokenizer's special tokens are spelled with a fullwidth bar, "<｜bos｜>" (decoded back to "<|bos|>"),
+# so text that says "<|bos|>" stays ordinary text, as in our tokenizer. The chat template escapes that spelling
+# in message text ("｜" -> "\ue000｜", undone by the tokenizer's normalizer before BPE), so no message, and no two
+# message parts put together, can spell a special token: a chat cannot inject a role.
+_BAR, _ESC = "\uff5c", "\ue000"
+
+
+def hf_special(name: str) -> str:
+    """The exported spelling of our special token `name` ("<|bos|>" -> "<｜bos｜>")."""
+    return name.replace("|", _BAR)
+
+
+def _chat_template() -> str:
+    """Chat rendering as our tokenizer does it: BOS, the system message folded into the first user turn, an
+    assistant message a string or a list of parts (text, python, python_output) like `nanochat.chat`'s."""
+    tpl = (
+        "{{ bos_token }}{% set sys = namespace(text='') %}{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{% set sys.text = (m['content'] ESCAPE) + '\\n\\n' %}"
+        "{% elif m['role'] == 'user' %}<|user_start|>{{ sys.text }}{{ m['content'] ESCAPE }}<|user_end|>"
+        "{% set sys.text = '' %}"
+        "{% elif m['role'] == 'assistant' %}<|assistant_start|>"
+        "{% if m['content'] is string %}{{ m['content'] ESCAPE }}{% else %}{% for p in m['content'] %}"
+        "{% if p['type'] == 'python' %}<|python_start|>{{ p['text'] ESCAPE }}<|python_end|>"
+        "{% elif p['type'] == 'python_output' %}<|output_start|>{{ p['text'] ESCAPE }}<|output_end|>"
+        "{% else %}{{ p['text'] ESCAPE }}{% endif %}{% endfor %}{% endif %}<|assistant_end|>{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}<|assistant_start|>{% endif %}"
+    )
+    tpl = re.sub(r"<\|\w+\|>", lambda m: hf_special(m.group(0)), tpl)
+    return tpl.replace("ESCAPE", f"| replace('{_BAR}', '{_ESC}{_BAR}')")  # every piece of message text
+
+
+CHAT_TEMPLATE = _chat_template()
 
 
 # -- compatibility and mapping ------------------------------------------------------------------------------
@@ -143,9 +168,10 @@ def hf_tokenizer(tokenizer, model_max_length: int | None = None):
     """A `transformers` fast tokenizer (HF `tokenizers` BPE) that encodes exactly as our tiktoken runtime.
 
     Merges are recovered from the ranks (tiktoken stores none); `ignore_merges` mirrors tiktoken's
-    whole-piece lookup; the split regex is ours; BOS is prepended when special tokens are requested.
+    whole-piece lookup; the split regex is ours; BOS is prepended when special tokens are requested. Special
+    tokens are spelled "<｜name｜>" (see `hf_special`), so text saying "<|name|>" is encoded as text.
     """
-    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+    from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
     from tokenizers import Tokenizer as HFTokenizer
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -160,22 +186,25 @@ def hf_tokenizer(tokenizer, model_max_length: int | None = None):
     merges = [(text(a), text(b)) for a, b in
               (_bpe_split(tok, ranks) for tok, _ in sorted(ranks.items(), key=lambda kv: kv[1]) if len(tok) > 1)]
     tk = HFTokenizer(models.BPE(vocab, merges, fuse_unk=False, ignore_merges=True))
+    tk.normalizer = normalizers.Replace(_ESC + _BAR, _BAR)  # the chat template's escape, undone before BPE
     tk.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(tokenizer.pattern), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
-    tk.decoder = decoders.ByteLevel()
+    # byte-level token strings never hold a literal fullwidth bar: this only respells the special tokens
+    tk.decoder = decoders.Sequence([decoders.Replace(_BAR, "|"), decoders.ByteLevel()])
     specials = tokenizer.get_special_tokens()
-    tk.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    tk.add_special_tokens([AddedToken(hf_special(s), special=True, normalized=False) for s in specials])
     for s in specials:  # added tokens take the next free ids: they must land on ours
-        if tk.token_to_id(s) != tokenizer.encode_special(s):
-            raise NanochatError(f"special token {s} would get id {tk.token_to_id(s)}, not {tokenizer.encode_special(s)}")
-    bos = tokenizer.bos_token_id
+        if tk.token_to_id(hf_special(s)) != tokenizer.encode_special(s):
+            raise NanochatError(f"special token {s} would get id {tk.token_to_id(hf_special(s))}, "
+                                f"not {tokenizer.encode_special(s)}")
+    bos = hf_special("<|bos|>")
     tk.post_processor = processors.TemplateProcessing(
-        single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B:1", special_tokens=[("<|bos|>", bos)])
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B:1", special_tokens=[(bos, tokenizer.bos_token_id)])
     kwargs = {"model_max_length": model_max_length} if model_max_length else {}
     return PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="<|bos|>", eos_token="<|assistant_end|>", pad_token="<|bos|>",
+        tokenizer_object=tk, bos_token=bos, eos_token=hf_special("<|assistant_end|>"), pad_token=bos,
         chat_template=CHAT_TEMPLATE, **kwargs)
 
 
@@ -185,7 +214,9 @@ def _save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict
 
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     with atomic_path(path) as tmp:
+        mode = tmp.stat().st_mode  # save_file writes a new file (0600): keep the mode atomic_path chose
         save_file(state, str(tmp), metadata=metadata)
+        os.chmod(tmp, mode)
 
 
 def _fmt(x, spec: str) -> str:
