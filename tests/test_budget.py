@@ -202,3 +202,21 @@ def test_base_run_finishes_within_its_budget(tmp_path):
     table = proc.stdout[:proc.stdout.find("plan:")]
     trained = [line for line in proc.stdout.splitlines() if " steps in " in line]
     assert abs(wall - budget_s) <= 0.15 * budget_s, f"{wall:.0f} s for a {budget_s} s budget\n{table}{trained}"
+
+
+def test_pipeline_workload_has_every_stage(tmp_path, monkeypatch):
+    from nanochat.config.app import compose
+    from nanochat.stages.budget_plan import last_wins, workload
+
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path))  # no tokenizer yet: mixtures counted at a BPE's rate
+    cfg = compose("train", ["stage=all", "hardware=cpu"])
+    stages = ["tokenizer", "base", "mid", "sft"]
+    stage_cfgs = {s: compose("train", ["hardware=cpu", f"stage={s}", "plan_only=true"]) for s in stages[1:]}
+    w = workload(cfg, stages, stage_cfgs, lambda d: tiny_plan(d, 20.0))
+    assert w.tokenizer_s > 0 and w.mid_tokens > 0 and w.mid_batch_tokens == 8192
+    assert w.sft_steps == -(-1500 // 32)  # offline_sft: 1,500 conversations, 32 per step
+    assert set(w.eval_forward_tokens) == {"base", "mid", "sft"} and w.eval_decode_tokens["sft"] > 0
+    costs = budget.stage_costs(tiny_plan(2, 20.0), RateModel({2: fake_result(2)}), w)
+    assert [c.name for c in costs] == ["tokenizer", "base", "mid", "sft", "eval base", "eval mid", "eval sft"]
+    assert all(c.seconds > 0 for c in costs)
+    assert last_wins(["model.depth=4", "a=1", "model.depth=2"]) == ["a=1", "model.depth=2"]
