@@ -147,6 +147,15 @@ def sample_next(logits: torch.Tensor, rng: torch.Generator, temperature: float, 
     return (choice if index is None else index.gather(-1, choice)).squeeze(-1)
 
 
+def _logprob_rows(logp: torch.Tensor, tokens: list[int], k: int) -> list[tuple[float, list[tuple[int, float]]]]:
+    """Per row: (log-probability of its token, the k likeliest (id, log-probability), most likely first)."""
+    chosen = logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None]).squeeze(1).tolist()
+    if k <= 0:
+        return [(c, []) for c in chosen]
+    top_lp, top_id = logp.topk(min(k, logp.size(-1)), dim=-1)
+    return [(c, list(zip(ids, lps))) for c, ids, lps in zip(chosen, top_id.tolist(), top_lp.tolist())]
+
+
 class _Row:
     """Per-row generation state: finished?, forced tokens to emit, code being collected."""
 
@@ -216,7 +225,7 @@ class Engine:
     # -- generation -------------------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, prompts, num_samples=1, max_tokens=256, temperature=1.0, top_k=None, top_p=None,
-                 seed=42, truncate="error", use_tools=True):
+                 seed=42, truncate="error", use_tools=True, logprobs=None):
         """prompts: list[int] (one prompt) or list[list[int]] (a batch, lengths may differ).
 
         Rows = each prompt x num_samples, prompt-major order. Yields one step at a time:
@@ -226,6 +235,9 @@ class Engine:
         Sampling uses its own torch.Generator seeded with `seed`; the global RNG is untouched. <|bos|> is
         never sampled. Prompts longer than the model's context raise NanochatError, or keep their last
         tokens with truncate="left".
+        logprobs=k (an int >= 0): each step yields a third item, per row (log-probability of the emitted
+        token, [(id, log-probability)] of the k likeliest), from the model's distribution (log-softmax of the
+        logits, before temperature and top-k/top-p; forced tokens get theirs too).
         """
         self._check_sampling(num_samples, max_tokens, temperature, top_k, top_p)
         top_k = top_k or None
@@ -255,6 +267,7 @@ class Engine:
             if bos is not None:
                 logits[:, bos] = float("-inf")
             sampled = sample_next(logits, rng, float(temperature), top_k, top_p).tolist()
+            logp = None if logprobs is None else F.log_softmax(logits.float(), dim=-1)
             tokens, masks = [], []
             for row, token in zip(rows, sampled):
                 if row.done:
@@ -270,7 +283,10 @@ class Engine:
                     row.done, row.stop = True, token
                 elif tools:
                     self._tool_step(row, token)
-            yield tokens, masks
+            if logp is None:
+                yield tokens, masks
+            else:
+                yield tokens, masks, _logprob_rows(logp, tokens, int(logprobs))
             if step == max_tokens - 1 or all(row.done for row in rows):
                 return
             step_input = torch.tensor(tokens, dtype=torch.long, device=device).view(n_rows, 1)

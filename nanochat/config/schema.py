@@ -333,6 +333,10 @@ class ServeLimits:
     max_tokens: int = knob(4096, "highest max_tokens", low=1)
     max_n: int = knob(8, "completions per request", low=1)
     max_stop: int = knob(4, "stop strings per request", low=0)
+    max_stop_chars: int = knob(64, "characters per stop string", low=1)
+    max_body_bytes: int = knob(1_000_000, "HTTP request body size; larger is refused (413) before it is read",
+                               low=1)
+    max_logprobs: int = knob(20, "highest top_logprobs", low=0)
 
 
 @dataclass
@@ -344,7 +348,11 @@ class ServeConfig:
     port: int = knob(8000, "TCP port", low=1, high=65535)
     device: str = knob("auto", "auto = cuda when available, else cpu; or cpu, cuda, cuda:1, mps")
     replicas: Any = knob("auto", "model copies (auto = one per visible GPU, 1 on CPU)")
-    max_concurrency: Optional[int] = knob(None, "generations at once across replicas (null = 4 per replica)", low=1)
+    max_concurrency: Optional[int] = knob(None, "rows decoded at once across replicas (a request takes n rows; "
+                                          "null = 32 per replica, or 4 one-request slots with batching=false)",
+                                          low=1)
+    batching: bool = knob(True, "one decode loop per replica runs every request's rows together; false = "
+                                "one request per slot")
     max_queue: int = knob(256, "requests waiting for a slot; beyond that HTTP 503", low=0)
     model_name: Optional[str] = knob(None, "name in /v1/models and the UI (null = nanochat-d<depth>-<stage>-<run>)")
     ui: bool = knob(True, "false = API only")
