@@ -13,6 +13,8 @@ rows of similar length into one batch (padding after the real tokens cannot affe
 run one forward pass per batch and read the continuation's log-probabilities. Documents in pretraining start
 with <|bos|>, so contexts do too (`add_bos=false` to turn that off), and <|bos|> is the end-of-text token.
 Generation recomputes the whole window per new token (no KV cache): simple, exact, fine for short answers.
+`apply_chat_template=true` renders prompts as `nanochat.chat.render_for_completion` does (same ids). Every
+failure, lm-eval's own included (a hub task's data offline), is one `error:` line and exit code 1.
 """
 from __future__ import annotations
 
@@ -92,6 +94,7 @@ class NanochatLM(TemplateLM):
             raise NanochatError(f"batch_size and max_length must be integers, got {batch_size!r}, {max_length!r}")
         self.add_bos = add_bos if isinstance(add_bos, bool) else _BOOL.get(str(add_bos).lower(), True)
         self.stop_ids = {tokenizer.bos_token_id, tokenizer.encode_special("<|assistant_end|>")}
+        self.chat_mode = False  # set by `apply_chat_template`: contexts then carry our special tokens
 
     # -- what TemplateLM needs ------------------------------------------------------------------------------
     @property
@@ -103,10 +106,50 @@ class NanochatLM(TemplateLM):
         return self._max_length
 
     def tok_encode(self, string: str, add_special_tokens=None, left_truncate_len=None, **kwargs) -> list[int]:
-        ids = self.tokenizer.encode(string)
-        if add_special_tokens is not False and self.add_bos:
-            ids = [self.tokenizer.bos_token_id] + ids
+        if self.chat_mode:  # a prompt from `apply_chat_template`: its markers are our special tokens, BOS included
+            ids = self.tokenizer.encoding.encode(string, allowed_special="all")
+        else:
+            ids = self.tokenizer.encode(string)
+            if add_special_tokens is not False and self.add_bos:
+                ids = [self.tokenizer.bos_token_id] + ids
         return ids[-left_truncate_len:] if left_truncate_len else ids
+
+    # -- chat prompts (apply_chat_template=true) ------------------------------------------------------------
+    @property
+    def tokenizer_name(self) -> str:
+        return "nanochat"
+
+    def chat_template(self, chat_template=False) -> str:
+        return "nanochat.chat.render_for_completion"
+
+    def apply_chat_template(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
+        """The prompt `nanochat.chat.render_for_completion` builds, as text that `tok_encode` turns into its ids.
+
+        A final assistant message (lm-eval's answer prefix) is left open for the model to continue. Task text that
+        spells a special token could not be told from the markers, so it is refused.
+        """
+        from nanochat.chat import validate_conversation
+
+        for message in chat_history:
+            text = message.get("content") if isinstance(message, dict) else None
+            if isinstance(text, str) and any(name in text for name in self.tokenizer.get_special_tokens()):
+                raise NanochatError("apply_chat_template: a task prompt contains special-token text "
+                                    f"({text[:60]!r}); run this task without apply_chat_template")
+        history, prefix = list(chat_history), None
+        if history and isinstance(history[-1], dict) and history[-1].get("role") == "assistant":
+            prefix = str(history.pop().get("content") or "")
+        try:
+            messages = validate_conversation(history)
+        except NanochatError as e:
+            raise NanochatError(f"apply_chat_template: lm-eval's chat cannot be rendered ({e})") from None
+        self.chat_mode = True
+        parts = ["<|bos|>"]
+        for m in messages:
+            tag = "user" if m["role"] == "user" else "assistant"
+            parts.append(f"<|{tag}_start|>{m['content']}<|{tag}_end|>")
+        if prefix is not None or add_generation_prompt:
+            parts.append("<|assistant_start|>" + (prefix or ""))
+        return "".join(parts)
 
     def tok_decode(self, tokens) -> str:
         return self.tokenizer.decode(tokens)
@@ -252,7 +295,7 @@ class LmEvalSettings:
     num_fewshot: Optional[int] = knob(None, "few-shot examples per prompt (default: each task's own)", low=0)
     device: Optional[str] = knob(None, "cpu, cuda, cuda:1, mps (default: cuda when available)")
     add_bos: bool = knob(True, "start every context with <|bos|>, as pretraining documents do")
-    apply_chat_template: bool = knob(False, "render prompts as chat turns (for chat models)")
+    apply_chat_template: bool = knob(False, "render prompts as chat turns with nanochat's template (chat models)")
     include_path: Optional[str] = knob(None, "a folder of extra task YAML files")
     output_path: Optional[str] = knob(None, "also write the results as JSON to this file")
     log_samples: bool = knob(False, "with output_path: keep every example's prompt and answer in the JSON")
@@ -267,6 +310,11 @@ def _list_arg(arg: str) -> str:
     return arg
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else repr(e)
+
+
 def evaluate(settings: LmEvalSettings) -> dict:
     """Run the tasks on the model with lm-eval, print its tables, write output_path; returns lm-eval's results."""
     if _MISSING:
@@ -279,6 +327,13 @@ def evaluate(settings: LmEvalSettings) -> dict:
 
     from nanochat.common import atomic_write_bytes
 
+    if not settings.tasks:
+        raise NanochatError("tasks: give at least one lm-eval task, e.g. tasks=[hellaswag]")
+    if settings.device:
+        try:
+            torch.device(settings.device)
+        except RuntimeError:
+            raise NanochatError(f"device: {settings.device!r} is not a device (cpu, cuda, cuda:1, mps)") from None
     if settings.output_path and Path(settings.output_path).is_dir():
         raise NanochatError(f"output_path: {settings.output_path} is a folder; give the JSON file to write")
     if settings.include_path and not Path(settings.include_path).is_dir():
@@ -297,8 +352,15 @@ def evaluate(settings: LmEvalSettings) -> dict:
         results = lm_eval.simple_evaluate(model=lm, tasks=list(settings.tasks), num_fewshot=settings.num_fewshot,
                                           limit=limit, log_samples=settings.log_samples, task_manager=manager,
                                           apply_chat_template=settings.apply_chat_template, **seeds)
+    except NanochatError:
+        raise
     except ValueError as e:  # lm-eval's word on a task it cannot run (a broken YAML, a bad few-shot count)
-        raise NanochatError(f"lm-eval: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from None
+        raise NanochatError(f"lm-eval: {_first_line(e)}") from None
+    except OSError as e:  # ConnectionError included: a hub task's data that cannot be downloaded
+        raise NanochatError(f"lm-eval could not load a task's data: {_first_line(e)} (hub tasks download their "
+                            "data on first use; run once online, or give local tasks with include_path=)") from None
+    except Exception as e:  # anything else lm-eval raises: one line, as for every nanochat command
+        raise NanochatError(f"lm-eval failed: {type(e).__name__}: {_first_line(e)}") from None
     print(make_table(results))
     if "groups" in results:
         print(make_table(results, "groups"))

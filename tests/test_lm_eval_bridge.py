@@ -169,3 +169,70 @@ def test_cli_end_to_end(setup, tmp_path, capsys):
     tasks = str(setup[0] / "tasks")
     assert main([f"ckpt={setup[0] / 'model'}", "tasks=[nc_tiny_mc]", f"include_path={tasks}", "batch_size=2"]) == 0
     assert "nc_tiny_mc" in capsys.readouterr().out
+
+
+def _only_local_tasks(monkeypatch):
+    import functools
+
+    import lm_eval.tasks
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", functools.partial(lm_eval.tasks.TaskManager,
+                                                                       include_defaults=False))
+
+
+def test_chat_template_prompts_are_our_rendered_ids(setup, monkeypatch):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from nanochat.chat import render_for_completion
+    from nanochat.lm_eval_bridge import NanochatLM
+
+    root, model, tok = setup
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    lm = NanochatLM(model=model, tokenizer=tok, batch_size=3)
+    out = lm_eval.simple_evaluate(model=lm, tasks=["nc_tiny_mc"], apply_chat_template=True, log_samples=True,
+                                  task_manager=TaskManager(include_path=str(root / "tasks"), include_defaults=False))
+    for sample in out["samples"]["nc_tiny_mc"]:
+        doc = sample["doc"]
+        prompt = render_for_completion(tok, [{"role": "user", "content": doc["question"]}])
+        for (context, continuation), resp in zip(sample["arguments"], sample["resps"]):
+            assert lm.tok_encode(context) == prompt
+            whole = prompt + tok.encode(continuation)
+            with torch.no_grad():
+                logp = F.log_softmax(model(torch.tensor([whole[:-1]])), -1)[0]
+            want = sum(float(logp[i - 1, whole[i]]) for i in range(len(prompt), len(whole)))
+            assert float(resp[0][0]) == pytest.approx(want, abs=1e-4)
+    # an answer prefix stays open; special-token text in a task is refused, not read as a marker
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+               {"role": "assistant", "content": "The answer:"}]
+    assert lm.tok_encode(lm.apply_chat_template(history)) == (
+        render_for_completion(tok, history[:2]) + tok.encode("The answer:"))
+    with pytest.raises(NanochatError, match="special-token text"):
+        lm.apply_chat_template([{"role": "user", "content": "hi<|assistant_start|>"}])
+
+
+def test_failures_are_one_line_and_exit_1(setup, tmp_path, capsys, monkeypatch):
+    from nanochat.lm_eval_bridge import main
+
+    _only_local_tasks(monkeypatch)
+    import datasets.config
+    import huggingface_hub.constants
+
+    # offline as HF_HUB_OFFLINE=1 makes it (read when these libraries are imported: set here instead)
+    for module in (datasets.config, huggingface_hub.constants):
+        monkeypatch.setattr(module, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    hub = tmp_path / "hub_tasks"
+    hub.mkdir()
+    (hub / "hub.yaml").write_text("task: nc_hub_task\ndataset_path: nanochat-tests/no-such-dataset\n"
+                                  "test_split: test\noutput_type: multiple_choice\ndoc_to_text: q\n"
+                                  "doc_to_target: 0\ndoc_to_choice: [a, b]\n")
+    model = setup[0] / "model"
+    cases = [([f"ckpt={model}", "tasks=nc_hub_task", f"include_path={hub}"], "could not load a task's data"),
+             ([f"ckpt={model}", "tasks=nc_tiny_mc", "device=gpu9"], "is not a device")]
+    for args, words in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 1 and len(err.splitlines()) == 1 and words in err, err
+        assert err.startswith("error: ") and "Traceback" not in err
