@@ -67,3 +67,80 @@ def test_page_streams_a_reply(browser, tmp_path):
         assert partial and all(REPLY.startswith(t) for t in partial), seen  # it grew in place: streamed
         assert page.locator('[data-testid="user"]').last.inner_text().strip() == "Why is the sky blue?"
         page.close()
+
+
+class TokenEngine:
+    """Engine stand-in that replays fixed token ids (special tokens included) and records every prompt."""
+
+    def __init__(self, ids, delay: float = 0.0):
+        self.ids, self.delay, self.prompts = list(ids), delay, []
+
+    def generate(self, prompts, num_samples=1, max_tokens=256, **kw):
+        self.prompts.append(list(prompts[0]))
+        for tok in self.ids[:max_tokens]:
+            time.sleep(self.delay)
+            yield [tok] * num_samples, [1] * num_samples
+
+
+def _tool_reply(tok):
+    sp = tok.encode_special
+    return (tok.encode("Let me check.") + [sp("<|python_start|>")] + tok.encode("12*12") + [sp("<|python_end|>"),
+            sp("<|output_start|>")] + tok.encode("144") + [sp("<|output_end|>")] + tok.encode(" It is 144.")
+            + [sp("<|assistant_end|>")])
+
+
+def _send(page, text):
+    box = page.locator("#nc-input textarea")
+    sent = page.locator(".nc-user").count()
+    box.fill(text)
+    box.press("Enter")
+    # the turn is over once the message shows and the stop button (there while a reply streams) is gone
+    page.wait_for_function(f"() => document.querySelectorAll('.nc-user').length > {sent} && "
+                           "!document.querySelector('#nc-input .stop-button')", timeout=20_000)
+    assert box.is_enabled() and box.is_editable()
+    return page.locator("#nc-chat").inner_text()
+
+
+def test_long_chat_tool_calls_and_refusals_never_lock_the_page(browser, tmp_path):
+    from nanochat.server import BackgroundServer, create_app
+    from nanochat.serving import Limits, ModelPool, SamplingParams, load_replicas
+
+    _engines, tok, info = load_replicas(str(export_tiny_model(tmp_path / "model")), ["cpu"])
+    engine = TokenEngine(_tool_reply(tok), delay=0.002)
+    app = create_app(ModelPool([engine], tok), info, Limits(), SamplingParams(max_tokens=128))
+    with BackgroundServer(app) as url:
+        page = browser.new_page(viewport={"width": 1100, "height": 860})
+        page.goto(f"{url}/", timeout=60_000)
+        page.locator("#nc-input textarea").wait_for(timeout=60_000)
+
+        typed = "**not bold** <b>x</b> $y$ a_b_c\n\n  two"
+        chat = _send(page, typed)
+        assert page.locator(".nc-user").last.inner_text() == typed  # as typed: no markdown, HTML or LaTeX
+        assert "<|" not in chat and "It is 144." in chat
+        tool = page.locator("#nc-chat").get_by_text("calculator: 12*12 = 144")
+        assert tool.count() == 1
+        # the reply went back to the model as its own tool call, special tokens and all
+        _send(page, "And 13*13?")
+        sp = tok.encode_special
+        assert engine.prompts[-1].count(sp("<|python_start|>")) == 1
+        assert engine.prompts[-1].count(sp("<|output_end|>")) == 1
+
+        for turn in range(3):  # a few more turns outgrow the 128-token context: old ones are dropped
+            chat = _send(page, f"Tell me more, part {turn}.")
+        assert "Older turns were dropped" in chat
+        assert all(len(p) < info.sequence_len for p in engine.prompts)
+        calls = len(engine.prompts)
+
+        chat = _send(page, "a very long message " * 12)  # more than the whole context on its own
+        assert "cannot be answered" in chat and len(engine.prompts) == calls
+        _send(page, "Still there?")  # and the chat goes on
+        assert len(engine.prompts) == calls + 1
+        assert page.locator(".nc-notice").count() >= 2
+
+        page.locator("text=Sampling: temperature").click()
+        number = page.locator("#nc-max-tokens input[type=number]")
+        number.fill("99999")
+        number.press("Tab")
+        page.wait_for_function("() => document.querySelector('#nc-max-tokens input[type=number]').value == '128'",
+                               timeout=10_000)
+        page.close()
