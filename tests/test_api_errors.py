@@ -216,3 +216,13 @@ def test_body_cap_is_a_serve_config_key():
     limits = Limits(**cfg.limits)
     assert limits.max_body_bytes == 5000 and limits.max_stop_chars == 8
     assert Limits(**compose("serve", []).limits) == Limits()  # the config and the code agree on the defaults
+
+
+def test_seed_range_on_the_real_engine(live):
+    url, _ = live
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    for seed in (2**64 - 1, -(2**63)):  # torch.Generator's whole range works
+        assert httpx.post(f"{url}/v1/chat/completions", json={**body, "seed": seed}).status_code == 200
+    r = httpx.post(f"{url}/v1/chat/completions", json={**body, "seed": 2**64})  # was a 500 and a dropped connection
+    assert openai_error(r, 400)["param"] == "seed"
+    assert httpx.post(f"{url}/v1/chat/completions", json={**body, "seed": 1}).status_code == 200
