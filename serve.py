@@ -35,7 +35,7 @@ def main(cfg: DictConfig):
         serve(host=opts["host"], port=opts["port"], log_level=opts["log_level"], ckpt=str(path),
               device=opts["device"], replicas=opts["replicas"], max_concurrency=opts["max_concurrency"],
               max_queue=opts["max_queue"], limits=opts["limits"], defaults=opts["defaults_sampling"],
-              ui=opts["ui"], model_name=opts["model_name"])
+              ui=opts["ui"], model_name=opts["model_name"], batching=opts["batching"])
     except NanochatError as e:
         fail(str(e))
 

@@ -49,6 +49,9 @@ class Limits:
     max_tokens: int = 4096
     max_n: int = 8
     max_stop: int = 4
+    max_stop_chars: int = 64   # characters per stop string (each is searched for on every step)
+    max_body_bytes: int = 1_000_000  # HTTP request body; larger is a 413 before it is read
+    max_logprobs: int = 20     # top_logprobs, as OpenAI
 
 
 @dataclass
@@ -60,6 +63,7 @@ class SamplingParams:
     n: int = 1
     seed: int | None = None  # None = a fresh random seed per request
     stop: tuple[str, ...] = field(default_factory=tuple)
+    logprobs: int | None = None  # None = off; k = each token's log-probability and its k likeliest alternatives
 
 
 @dataclass
@@ -122,17 +126,22 @@ def describe_model(model, meta: dict, path) -> ModelInfo:
 
 
 # -- validation --------------------------------------------------------------------------------------------
-def _content_text(content, i: int) -> str:
-    """A message's text: a string, or OpenAI content parts of type text."""
+def _content_text(content, i: int, role: str) -> str | list[dict]:
+    """A message's text: a string, or OpenAI content parts of type text. An assistant message may also carry
+    tool-use parts (python, python_output) as the server returns them: then the parts, to render exactly."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
+        kinds = ("text", "python", "python_output") if role == "assistant" else ("text",)
         parts = []
         for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise RequestError(f"messages[{i}].content: only text parts are supported", f"messages.{i}.content")
-            parts.append(part["text"])
-        return "".join(parts)
+            if not isinstance(part, dict) or part.get("type") not in kinds or not isinstance(part.get("text"), str):
+                raise RequestError(f"messages[{i}].content: only {', '.join(kinds)} parts are supported",
+                                   f"messages.{i}.content")
+            parts.append({"type": part["type"], "text": part["text"]})
+        if all(part["type"] == "text" for part in parts):
+            return "".join(part["text"] for part in parts)
+        return parts
     raise RequestError(f"messages[{i}].content must be a string", f"messages.{i}.content")
 
 
@@ -149,11 +158,12 @@ def check_conversation(messages, limits: Limits) -> dict:
         role = msg.get("role")
         if role not in ROLES:
             raise RequestError(f"messages[{i}].role {role!r} is not one of {', '.join(ROLES)}", f"messages.{i}.role")
-        text = _content_text(msg.get("content"), i)
-        if len(text) > limits.max_message_chars:
-            raise RequestError(f"messages[{i}] is {len(text)} characters; the limit is {limits.max_message_chars}",
+        text = _content_text(msg.get("content"), i, role)
+        size = len(text) if isinstance(text, str) else sum(len(part["text"]) for part in text)
+        if size > limits.max_message_chars:
+            raise RequestError(f"messages[{i}] is {size} characters; the limit is {limits.max_message_chars}",
                                f"messages.{i}.content")
-        total += len(text)
+        total += size
         out.append({"role": role, "content": text})
     if total > limits.max_total_chars:
         raise RequestError(f"conversation is {total} characters; the limit is {limits.max_total_chars}", "messages")
@@ -185,6 +195,12 @@ def check_sampling(p: SamplingParams, limits: Limits) -> SamplingParams:
         bad(f"n must be between 1 and {limits.max_n}, got {p.n}", "n")
     if len(p.stop) > limits.max_stop or any(not s for s in p.stop):
         bad(f"stop takes up to {limits.max_stop} non-empty strings", "stop")
+    if any(len(s) > limits.max_stop_chars for s in p.stop):
+        bad(f"each stop string may have up to {limits.max_stop_chars} characters", "stop")
+    if p.seed is not None and not -(2**63) <= p.seed < 2**64:  # what torch.Generator.manual_seed takes
+        bad(f"seed must be a 64-bit integer, got {p.seed}", "seed")
+    if p.logprobs is not None and not 0 <= p.logprobs <= limits.max_logprobs:
+        bad(f"top_logprobs must be between 0 and {limits.max_logprobs}, got {p.logprobs}", "top_logprobs")
     if p.top_k == 0:
         p.top_k = None  # 0 = no top-k cut, as in most servers
     if p.seed is None:
@@ -261,54 +277,134 @@ class Delta:
     text: str
     finish: str | None = None  # "stop" | "length" when the row ends
     tokens: int = 0            # tokens the row has produced so far
+    kind: str = "text"         # the part the text belongs to: text | python (calculator code) | python_output
+    logprobs: list | None = None  # with p.logprobs: (token id, log-probability, [(id, lp)] top) per new token
+
+# tool-use special tokens -> the part the text after them belongs to (chat.py's assistant content parts)
+_PART_AFTER = {"<|python_start|>": "python", "<|python_end|>": "text", "<|output_start|>": "python_output",
+               "<|output_end|>": "text"}
+
+
+class RowDecoder:
+    """Token ids -> Deltas for one sample row: text split into tool-use parts, stop strings (in text parts),
+    and each token's log-probabilities handed out with the next delta."""
+
+    def __init__(self, tokenizer, row: int, stop=()):
+        self.row, self.stop_strings, self.tokenizer = row, stop, tokenizer
+        self.enders = {tokenizer.encode_special("<|assistant_end|>"), tokenizer.bos_token_id}
+        self.switch = {tokenizer.encode_special(name): kind for name, kind in _PART_AFTER.items()}
+        self.kind, self.stream = "text", TextStream(tokenizer, stop)
+        self.count, self.done, self.pending = 0, False, []
+
+    def _delta(self, text, finish=None) -> Delta:
+        logprobs, self.pending = self.pending, []
+        return Delta(self.row, text, finish, self.count, self.kind, logprobs)
+
+    def push(self, token: int, logprob=None) -> list[Delta]:
+        if self.done:
+            return []
+        if token in self.enders:
+            self.done = True
+            return [self._delta(self.stream.finish(), "stop")]
+        self.count += 1
+        if logprob is not None:
+            self.pending.append((token, logprob[0], logprob[1]))
+        if token in self.switch:  # close the current part, open the next
+            out = [self._delta(self.stream.finish())]
+            self.kind = self.switch[token]
+            self.stream = TextStream(self.tokenizer, self.stop_strings if self.kind == "text" else ())
+            return out
+        text = self.stream.push(token)
+        if self.stream.stopped:
+            self.done = True
+            return [self._delta(text, "stop")]
+        return [self._delta(text)] if text else []
+
+    def finish(self) -> list[Delta]:
+        """The row ran out of tokens: its last delta (finish "length"), unless it already ended."""
+        if self.done:
+            return []
+        self.done = True
+        return [self._delta(self.stream.finish(), "length")]
 
 
 def stream_rows(engine, tokenizer, prompt: list[int], p: SamplingParams,
                 cancel: threading.Event | None = None) -> Iterator[Delta]:
-    """Run the engine and yield text deltas per row; each row ends with exactly one Delta with `finish` set."""
-    enders = {tokenizer.encode_special("<|assistant_end|>"), tokenizer.bos_token_id}
-    rows = [TextStream(tokenizer, p.stop) for _ in range(p.n)]
-    counts = [0] * p.n
-    done = [False] * p.n
+    """Run the engine and yield deltas per row; each row ends with exactly one Delta with `finish` set."""
+    rows = [RowDecoder(tokenizer, i, p.stop) for i in range(p.n)]
+    kw = {} if p.logprobs is None else {"logprobs": p.logprobs}
     gen = engine.generate([prompt], num_samples=p.n, max_tokens=p.max_tokens, temperature=p.temperature,
-                          top_k=p.top_k, top_p=p.top_p, seed=p.seed)
+                          top_k=p.top_k, top_p=p.top_p, seed=p.seed, **kw)
     try:
-        for tokens, _masks in gen:
+        for step in gen:
             if cancel is not None and cancel.is_set():
                 return
+            tokens, lps = step[0], (step[2] if len(step) > 2 else None)
             for i, tok in enumerate(tokens[: p.n]):
-                if done[i]:
-                    continue
-                if tok in enders:
-                    done[i] = True
-                    yield Delta(i, rows[i].finish(), "stop", counts[i])
-                    continue
-                counts[i] += 1
-                text = rows[i].push(tok)
-                if rows[i].stopped:
-                    done[i] = True
-                    yield Delta(i, text, "stop", counts[i])
-                elif text:
-                    yield Delta(i, text, None, counts[i])
-            if all(done):
+                yield from rows[i].push(tok, None if lps is None else lps[i])
+            if all(r.done for r in rows):
                 break
     finally:
         gen.close()
-    for i in range(p.n):
-        if not done[i]:
-            yield Delta(i, rows[i].finish(), "length", counts[i])
+    for r in rows:
+        yield from r.finish()
 
 
 # -- concurrency -------------------------------------------------------------------------------------------
 _END = object()
 
 
-class ModelPool:
-    """Generation slots over model replicas; callers beyond the free slots wait in a bounded queue."""
+class ClientGone(Exception):
+    """The HTTP client hung up before its answer was complete."""
 
-    def __init__(self, engines: list, tokenizer, slots_per_replica: int = 1, max_queue: int = 256):
+
+async def unless_gone(receive, aw):
+    """Await `aw` (e.g. the next Delta), unless the ASGI `receive` reports the client's disconnect first:
+    then `aw` is cancelled (a generation waiting on it stops at its next step) and ClientGone is raised.
+
+    A request whose body has been read gets nothing more from `receive` but http.disconnect, so waiting on it
+    costs nothing; without this a non-streaming answer would be generated to the end for nobody."""
+    task = asyncio.ensure_future(aw)
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done() and (gone.cancelled() or gone.exception() is not None):
+            await asyncio.wait({task})  # `receive` itself failed: no way to tell, so just wait
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if not task.done():
+        task.cancel()
+        try:
+            await task  # let the generator run its cleanup before anyone closes it
+        except (asyncio.CancelledError, Exception):
+            pass
+        raise ClientGone("the client closed the connection")
+    return task.result()
+
+
+async def _disconnected(receive) -> None:
+    while (await receive()).get("type") != "http.disconnect":
+        pass
+
+
+class ModelPool:
+    """Generation over model replicas; callers beyond the capacity wait in a bounded queue.
+
+    batching=True (the default, for `nanochat.engine.Engine` replicas): one `nanochat.batcher.Batcher` decode
+    loop per replica runs every active request's rows together, at most `slots_per_replica` rows at once.
+    batching=False (and engine stand-ins without a model): `slots_per_replica` slots per replica, each a
+    worker thread running one request alone.
+    """
+
+    def __init__(self, engines: list, tokenizer, slots_per_replica: int = 1, max_queue: int = 256,
+                 batching: bool = True):
         if not engines:
             raise NanochatError("no model replicas to serve")
+        from nanochat.engine import Engine
+
         self.tokenizer = tokenizer
         self.engines = engines
         self.slots = [(i, e) for _ in range(max(1, int(slots_per_replica))) for i, e in enumerate(engines)]
@@ -317,6 +413,11 @@ class ModelPool:
         self.active = 0
         self.served = 0
         self._free: asyncio.Queue | None = None
+        self.batchers = []
+        if batching and all(isinstance(e, Engine) for e in engines):
+            from nanochat.batcher import Batcher
+
+            self.batchers = [Batcher(e, slots_per_replica) for e in engines]
         self._executor = ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="nanochat-gen")
 
     def _queue(self) -> asyncio.Queue:
@@ -327,11 +428,29 @@ class ModelPool:
         return self._free
 
     def stats(self) -> dict:
+        if self.batchers:  # "slots" = rows decoded together; "waiting" = requests not yet admitted
+            return {"replicas": len(self.engines), "slots": len(self.slots),
+                    "active": sum(len(b.jobs) for b in self.batchers),
+                    "waiting": sum(len(b.pending) for b in self.batchers), "served": self.served, "batching": True}
         return {"replicas": len(self.engines), "slots": len(self.slots), "active": self.active,
-                "waiting": self.waiting, "served": self.served}
+                "waiting": self.waiting, "served": self.served, "batching": False}
 
     async def generate(self, prompt: list[int], p: SamplingParams) -> AsyncIterator[Delta]:
-        """Async stream of Deltas; waits for a free slot; frees it once the worker thread has really stopped."""
+        """Async stream of Deltas. Leaving the stream early (aclose, cancellation: the client went away)
+        stops the request's generation within a step and frees its rows or slot."""
+        if self.batchers:
+            from nanochat.batcher import Batcher, stream_job
+
+            if sum(len(b.pending) for b in self.batchers) >= self.max_queue:
+                raise ServerBusy(f"server busy: {self.max_queue} requests already waiting")
+            self.active += 1
+            try:
+                async for delta in stream_job(min(self.batchers, key=Batcher.load), self.tokenizer, prompt, p):
+                    yield delta
+            finally:
+                self.active -= 1
+                self.served += 1
+            return
         free = self._queue()
         if free.empty() and self.waiting >= self.max_queue:
             raise ServerBusy(f"server busy: {self.waiting} requests already waiting")
@@ -381,4 +500,6 @@ class ModelPool:
             cancel.set()  # client gone or stream finished: the worker stops at its next step
 
     def close(self):
+        for b in self.batchers:
+            b.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
