@@ -1,14 +1,18 @@
-"""Benchmark: the chat server under 32 concurrent streaming clients, and the web-UI screenshot.
+"""Benchmark: the chat server under 32 concurrent streaming clients, one-request slots vs continuous batching;
+and the web-UI screenshot.
 
-The server is the real entry point (`serve.py`, its own process, 127.0.0.1, a free port) serving a tiny random
-model (depth 2, 128 wide, byte-level vocabulary). Each client is a closed loop: send a streaming
-/v1/chat/completions request, read the SSE stream to [DONE], send the next, until `--duration` is up; requests
-in flight then finish (all answered). Time to first token (TTFT) = request sent -> first content chunk.
-Per concurrency setting (`--slots`, the server's max_concurrency): p50/p95 TTFT, p50 per-request decode speed,
-aggregate completion tokens/s, errors (non-200, error events, missing [DONE], timeouts) — errors must be 0.
+The server is the real entry point (`serve.py`, its own process, 127.0.0.1, a free port) serving a random model
+of the d4 shape (4 layers, 256 wide, context 256; byte-level vocabulary) or `--ckpt`. Each client is a closed
+loop: send a streaming /v1/chat/completions request, read the SSE stream to [DONE], send the next, until
+`--duration` is up; requests in flight then finish (all answered). Time to first token (TTFT) = request sent ->
+first content chunk. The same load runs against `batching=false max_concurrency=--slots` (one request per
+slot, each in its own thread: the server before continuous batching) and `batching=true
+max_concurrency=--rows` (one decode loop per replica), then the ratios. Per setting: p50/p95 TTFT, p50
+per-request decode speed, aggregate completion tokens/s, errors (non-200, error events, missing [DONE],
+timeouts) — errors must be 0.
 
-    python bench/serve.py                           # 32 clients, 15 s per setting, slots 1 and 4
-    python bench/serve.py --quick                   # 8 s, slots 1
+    python bench/serve.py                           # 32 clients, 15 s per setting, 4 slots vs 32 rows
+    python bench/serve.py --quick                   # 8 s per setting
     python bench/serve.py --screenshot docs/webui.png --screenshot-only
 The screenshot trains a toy chat model for a few seconds (it memorises a handful of conversations, so its
 replies are readable), serves it and photographs the page in headless Chromium after one streamed reply.
@@ -32,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 PROMPTS = ["Why is the sky blue?", "Tell me a joke about GPUs.", "What is 7 * 6?", "Héllo, wie geht's? 你好"]
 
 
-def tiny_model(directory: Path, depth: int = 2, width: int = 128, seq: int = 256) -> Path:
+def tiny_model(directory: Path, depth: int = 4, width: int = 256, seq: int = 256) -> Path:
     import torch
 
     from nanochat.checkpoint import export_model
@@ -40,7 +44,9 @@ def tiny_model(directory: Path, depth: int = 2, width: int = 128, seq: int = 256
     from nanochat.tokenizer import Tokenizer
 
     torch.manual_seed(0)
-    model = GPT(GPTConfig(sequence_len=seq, vocab_size=265, n_layer=depth, n_head=2, n_kv_head=2, n_embd=width))
+    heads = max(1, width // 64)
+    model = GPT(GPTConfig(sequence_len=seq, vocab_size=265, n_layer=depth, n_head=heads, n_kv_head=heads,
+                          n_embd=width))
     model.init_weights()
     with torch.no_grad():  # away from the zero-initialised head, or every token is equally likely
         for p in model.parameters():
@@ -57,12 +63,12 @@ def free_port() -> int:
 class ServerProcess:
     """`python serve.py ...` on 127.0.0.1; stopped (terminate, then kill) when the block ends."""
 
-    def __init__(self, model: Path, slots: int, ui: bool = False, max_tokens: int = 64):
+    def __init__(self, model: Path, slots: int, ui: bool = False, max_tokens: int = 64, batching: bool = True):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cmd = [sys.executable, str(ROOT / "serve.py"), f"ckpt={model}", f"port={self.port}", "device=cpu",
                     f"max_concurrency={slots}", f"ui={str(ui).lower()}", "log_level=warning",
-                    f"defaults_sampling.max_tokens={max_tokens}"]
+                    f"defaults_sampling.max_tokens={max_tokens}", f"batching={str(batching).lower()}"]
 
     def __enter__(self) -> str:
         import httpx
@@ -226,25 +232,32 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--duration", type=float, default=15.0, help="seconds of load per setting")
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--slots", default="1,4", help="comma-separated max_concurrency values to compare")
+    ap.add_argument("--slots", type=int, default=4, help="max_concurrency of the one-request-per-slot server")
+    ap.add_argument("--rows", type=int, default=32, help="max_concurrency (rows) of the batching server")
+    ap.add_argument("--ckpt", type=Path, default=None, help="a model folder (default: a random d4-shaped model)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--screenshot", type=Path, default=None, help="also save a web-UI screenshot here")
     ap.add_argument("--screenshot-only", action="store_true")
     args = ap.parse_args()
     if args.quick:
-        args.duration, args.slots = 8.0, "1"
+        args.duration = 8.0
     with tempfile.TemporaryDirectory() as tmp:
         if not args.screenshot_only:
-            model = tiny_model(Path(tmp) / "tiny")
-            for slots in [int(s) for s in args.slots.split(",")]:
-                with ServerProcess(model, slots) as url:
-                    r = load_test(url, args.clients, args.duration, args.max_tokens)
-                    r = asyncio.run(r)
-                print(f"serve[{args.clients} clients, max_concurrency={slots}]: ours {r['requests']} requests in "
-                      f"{r['wall_s']:.1f} s, errors {r['errors']}, TTFT p50 {r['ttft_p50_ms']:.0f} ms / p95 "
-                      f"{r['ttft_p95_ms']:.0f} ms, decode p50 {r['decode_tok_s_p50']:.0f} tok/s per stream, "
-                      f"aggregate {r['aggregate_tok_s']:.0f} tok/s" + (f"  {r['first_errors']}" if r["errors"] else ""),
-                      flush=True)
+            model = args.ckpt or tiny_model(Path(tmp) / "d4")
+            runs = {}
+            for name, batching, conc in (("slots", False, args.slots), ("batched", True, args.rows)):
+                with ServerProcess(model, conc, max_tokens=args.max_tokens, batching=batching) as url:
+                    r = runs[name] = asyncio.run(load_test(url, args.clients, args.duration, args.max_tokens))
+                print(f"serve[{args.clients} clients, batching={str(batching).lower()}, max_concurrency={conc}]: "
+                      f"{r['requests']} requests in {r['wall_s']:.1f} s, errors {r['errors']}, TTFT p50 "
+                      f"{r['ttft_p50_ms']:.0f} ms / p95 {r['ttft_p95_ms']:.0f} ms, decode p50 "
+                      f"{r['decode_tok_s_p50']:.0f} tok/s per stream, aggregate {r['aggregate_tok_s']:.0f} tok/s"
+                      + (f"  {r['first_errors']}" if r["errors"] else ""), flush=True)
+            old, new = runs["slots"], runs["batched"]
+            speed = new["aggregate_tok_s"] / old["aggregate_tok_s"]
+            ttft = new["ttft_p95_ms"] / old["ttft_p95_ms"]
+            print(f"batched / slots: aggregate tokens/s {speed:.2f}x (goal >= 3x), TTFT p95 {ttft:.2f}x (goal <= 0.33x), "
+                  f"TTFT p50 {new['ttft_p50_ms'] / old['ttft_p50_ms']:.2f}x", flush=True)
         if args.screenshot:
             screenshot(toy_chat_model(Path(tmp) / "toy"), args.screenshot)
 

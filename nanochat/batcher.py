@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections import deque
 from typing import AsyncIterator, Callable
 
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from nanochat.common import NanochatError
-from nanochat.engine import KVCache, _Row, sample_next
+from nanochat.engine import KVCache, _Row, draw, sampling_probs
 
 
 class Job:
@@ -153,14 +154,17 @@ class Batcher:
         if self.bos is not None:
             logits[:, self.bos] = float("-inf")
         greedy = logits.argmax(dim=-1).tolist() if any(j.p.temperature == 0 for j in self.jobs) else None
+        probs = {}  # one top-k/top-p/softmax per sampling setting for all its rows; each job draws its own
+        for setting in {(float(j.p.temperature), j.p.top_k, j.p.top_p) for j in self.jobs if j.p.temperature}:
+            probs[setting] = sampling_probs(logits, *setting)
         feed, finished = [], []
         for job in self.jobs:
             lo, hi = job.start, job.start + job.p.n
             if job.p.temperature == 0:
                 sampled = greedy[lo:hi]
             else:
-                sampled = sample_next(logits[lo:hi], job.rng, float(job.p.temperature), job.p.top_k,
-                                      job.p.top_p).tolist()
+                pr, index = probs[(float(job.p.temperature), job.p.top_k, job.p.top_p)]
+                sampled = draw(pr[lo:hi], None if index is None else index[lo:hi], job.rng).tolist()
             tokens, masks = self._advance(job, sampled)
             feed.extend(tokens)
             job.steps += 1
@@ -285,20 +289,46 @@ class Batcher:
         self._rebuild(pos - shift, [x - shift for x in self.pad], self.cache.prev_embedding)
 
 
+class _Relay:
+    """Hands items from decode-loop threads to an event loop's queues with one wake-up of the loop per batch
+    of items (a step of 32 requests is one wake-up, not 32)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.items, self.lock, self.scheduled = loop, [], threading.Lock(), False
+
+    def put(self, queue: asyncio.Queue, item) -> None:
+        with self.lock:
+            self.items.append((queue, item))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is gone (shutdown): nobody is listening any more
+            pass
+
+    def _drain(self) -> None:
+        with self.lock:
+            items, self.items, self.scheduled = self.items, [], False
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
+_relays: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 async def stream_job(batcher: Batcher, tokenizer, prompt: list[int], p) -> AsyncIterator:
     """Async Deltas of one request run by `batcher`; leaving early (client gone) cancels it within a step."""
     from nanochat.serving import RowDecoder
 
     loop = asyncio.get_running_loop()
+    relay = _relays.get(loop) or _relays.setdefault(loop, _Relay(loop))
     events: asyncio.Queue = asyncio.Queue()
     decoders = [RowDecoder(tokenizer, i, p.stop) for i in range(p.n)]
     end = object()
 
     def put(item):
-        try:
-            loop.call_soon_threadsafe(events.put_nowait, item)
-        except RuntimeError:  # the loop is gone (shutdown): nobody is listening any more
-            pass
+        relay.put(events, item)
 
     def emit(kind, payload):  # runs in the batcher thread: text is decoded there, the event loop only relays
         if kind == "tokens":

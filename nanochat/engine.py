@@ -132,6 +132,13 @@ def sample_next(logits: torch.Tensor, rng: torch.Generator, temperature: float, 
     """One token id per row from fp32 logits (B, V): greedy at temperature 0, else top-k/top-p sampling."""
     if temperature == 0.0:
         return logits.argmax(dim=-1)
+    probs, index = sampling_probs(logits, temperature, top_k, top_p)
+    return draw(probs, index, rng)
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k=None, top_p=None):
+    """(probabilities, their token ids or None = all) per row for temperature > 0; rows are independent, so
+    a batch of requests with the same settings can share this and draw with their own generators."""
     logits = logits / temperature
     index = None
     if top_k is not None and top_k < logits.size(-1):
@@ -143,7 +150,12 @@ def sample_next(logits: torch.Tensor, rng: torch.Generator, temperature: float, 
         # drop a token when the ones before it already cover top_p (the most likely always stays)
         drop = (probs.cumsum(dim=-1) - probs) > top_p
         logits = logits.masked_fill(drop, float("-inf"))
-    choice = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=rng)
+    return F.softmax(logits, dim=-1), index
+
+
+def draw(probs: torch.Tensor, index, rng: torch.Generator) -> torch.Tensor:
+    """One token id per row of `sampling_probs`' output, drawn with `rng`."""
+    choice = torch.multinomial(probs, 1, generator=rng)
     return (choice if index is None else index.gather(-1, choice)).squeeze(-1)
 
 
