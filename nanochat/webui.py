@@ -189,7 +189,7 @@ def build_ui(pool: ModelPool, info: ModelInfo, limits: Limits, defaults: Samplin
     def pick(evt: gr.SelectData):
         return evt.value["text"]
 
-    def clamp_max_tokens(value):
+    def clamp_max_tokens(value):  # raw (preprocess=False): Gradio's own check would raise on a typed 99999
         clamped = int(_clamp(value, 16, ceiling, min(defaults.max_tokens, ceiling)))
         return gr.skip() if value == clamped else clamped
 
@@ -208,11 +208,14 @@ def build_ui(pool: ModelPool, info: ModelInfo, limits: Limits, defaults: Samplin
             max_tokens = gr.Slider(16, ceiling, step=16, label="Max new tokens", value=min(defaults.max_tokens, ceiling),
                                    elem_id="nc-max-tokens")
             system = gr.Textbox(label="System prompt (optional)", lines=2, max_length=limits.max_message_chars)
-        max_tokens.change(clamp_max_tokens, max_tokens, max_tokens, queue=False, api_visibility="private")
+        max_tokens.change(clamp_max_tokens, max_tokens, max_tokens, queue=False, preprocess=False,
+                          api_visibility="private")
 
         inputs, outputs = [textbox, entries, system, temperature, top_k, max_tokens], [chatbot, entries, textbox]
-        # the ModelPool queues; Gradio's own queue must not serialise on top of it
+        # the ModelPool queues; Gradio's own queue must not serialise on top of it. Raw inputs (preprocess=False):
+        # respond clamps the controls itself, where Gradio would fail the turn on an out-of-range typed number
         run = dict(fn=respond, inputs=inputs, outputs=outputs, concurrency_limit=None, api_visibility="private",
+                   preprocess=False,
                show_progress="minimal", show_progress_on=[chatbot])
         submitted = textbox.submit(**run)
         picked = chatbot.example_select(pick, None, textbox, queue=False,

@@ -137,10 +137,18 @@ def test_long_chat_tool_calls_and_refusals_never_lock_the_page(browser, tmp_path
         assert len(engine.prompts) == calls + 1
         assert page.locator(".nc-notice").count() >= 2
 
-        page.locator("text=Sampling: temperature").click()
+        engine.delay = 0.3  # a slow reply, stopped halfway: the box is back at once and the chat goes on
+        box = page.locator("#nc-input textarea")
+        box.fill("Take your time.")
+        box.press("Enter")
+        page.locator("#nc-input .stop-button").click(timeout=10_000)
+        page.wait_for_function("() => !document.querySelector('#nc-input .stop-button')", timeout=5_000)
+        engine.delay = 0.002
+        assert "Let me check." in _send(page, "Go on.").split("Go on.")[-1]
+
+        page.locator("text=Sampling: temperature").click()  # a typed-in max tokens beyond the slider
         number = page.locator("#nc-max-tokens input[type=number]")
         number.fill("99999")
-        number.press("Tab")
-        page.wait_for_function("() => document.querySelector('#nc-max-tokens input[type=number]').value == '128'",
-                               timeout=10_000)
+        assert "Let me check." in _send(page, "One more.").split("One more.")[-1]
+        assert number.input_value() == "128"
         page.close()
