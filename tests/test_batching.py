@@ -14,7 +14,7 @@ import torch
 from nanochat.batcher import Batcher
 from nanochat.engine import Engine
 from nanochat.gpt import GPT, GPTConfig
-from nanochat.serving import ModelInfo, ModelPool, SamplingParams
+from nanochat.serving import ModelInfo, ModelPool, SamplingParams, stream_rows
 from nanochat.tokenizer import Tokenizer
 
 TOK = Tokenizer.byte_level()
@@ -115,6 +115,35 @@ def test_a_request_bigger_than_the_capacity_runs_alone():
 
 def _pool(engine, rows=4):
     return ModelPool([engine], TOK, slots_per_replica=rows)
+
+
+def test_concurrent_pool_requests_answer_what_the_engine_alone_answers():
+    """Through ModelPool (text, stop strings, n=2) with requests started together: the same Deltas' text as
+    stream_rows on the unbatched engine."""
+    engine = tiny_engine(seq=128)
+    pool = _pool(engine, rows=5)
+    asks = [(prompt(5 + 9 * i, i), SamplingParams(temperature=0.0, n=1 + i % 2, max_tokens=30, seed=0,
+                                              stop=("e",) * (i == 2)))
+            for i in range(4)]
+
+    async def one(pr, sp):
+        texts = [""] * sp.n
+        async for d in pool.generate(pr, sp):
+            texts[d.row] += d.text
+        return texts
+
+    async def main():
+        return await asyncio.gather(*(one(pr, sp) for pr, sp in asks))
+
+    try:
+        got = asyncio.run(main())
+    finally:
+        pool.close()
+    for (pr, sp), texts in zip(asks, got):
+        want = [""] * sp.n
+        for d in stream_rows(engine, TOK, pr, sp):
+            want[d.row] += d.text
+        assert texts == want
 
 
 def test_closing_the_stream_frees_the_rows_within_a_step():
