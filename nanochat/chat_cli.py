@@ -7,6 +7,10 @@
 The one idea: the CLI is the server's generation path without the web — the same prompt rendering (user
 text never becomes special tokens), the same context cap and the same character-safe streaming.
 
+In a terminal the prompt has readline line editing and history (arrow keys, Up for earlier messages). Ctrl-C
+during an answer stops it and the chat goes on; Ctrl-C at the prompt drops the line, twice in a row ends the
+chat, as do Ctrl-D and 'quit'. Calculator use is shown as `[calculator: 12*12 = 144]`.
+
 Settings are `key=value` like every nanochat command (`--help` lists them). `prompt` and `system` are free
 text, so they are taken verbatim (commas, quotes and `=` included) rather than read as override values.
 """
@@ -55,8 +59,55 @@ def split_text(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     return rest, text
 
 
+class AnswerView:
+    """Writes an answer's parts readably: tool use as `[calculator: 12*12 = 144]`, never as special tokens."""
+
+    OPEN = {("text", "python"): "[calculator: ", ("python", "python_output"): " = ",
+            ("text", "python_output"): "[calculator = "}
+
+    def __init__(self, out):
+        self.out, self.kind = out, "text"
+
+    def write(self, kind: str, text: str) -> None:
+        if kind != self.kind:
+            self.out.write(self.OPEN.get((self.kind, kind), "]" if kind == "text" else " "))
+            self.kind = kind
+        self.out.write(text)
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.kind != "text":
+            self.out.write("]")
+            self.kind = "text"
+        self.out.flush()
+
+
+def answer_content(parts: list[list[str]]):
+    """[kind, text] pieces -> a message's content: a string, or chat.py's parts when the answer used the tool."""
+    merged: list[dict] = []
+    for kind, text in parts:
+        if merged and merged[-1]["type"] == kind:
+            merged[-1]["text"] += text
+        elif text:
+            merged.append({"type": kind, "text": text})
+    clean = []  # what `chat.validate_conversation` accepts (an interrupted answer can end anywhere)
+    for part in merged:
+        if part["type"] == "python" and not part["text"].strip():
+            continue
+        if part["type"] == "python_output" and (not clean or clean[-1]["type"] != "python"):
+            continue
+        clean.append(part)
+    if all(part["type"] == "text" for part in clean):
+        return "".join(part["text"] for part in clean)
+    return clean
+
+
 class ChatSession:
-    """A conversation with one model: `reply(text, out)` streams the answer to `out` and remembers it."""
+    """A conversation with one model: `reply(text, out)` streams the answer to `out` and remembers it.
+
+    Ctrl-C (KeyboardInterrupt) during an answer stops it; what was said so far stays in the conversation and
+    the interrupt is raised again for the caller to decide (the interactive loop carries on, one-shot exits).
+    """
 
     def __init__(self, engine, tokenizer, context: int, sampling, system: str | None = None):
         self.engine, self.tokenizer, self.context, self.sampling = engine, tokenizer, context, sampling
@@ -66,20 +117,25 @@ class ChatSession:
     def clear(self) -> None:
         self.messages = []
 
-    def reply(self, text: str, out) -> str:
+    def reply(self, text: str, out):
         from nanochat.serving import Limits, check_conversation, check_sampling, render_prompt, stream_rows
 
         head = [{"role": "system", "content": self.system}] if self.system else []
         conv = check_conversation(head + self.messages + [{"role": "user", "content": text}], Limits())
         p = check_sampling(replace(self.sampling, n=1, stop=()), Limits())
         prompt, p.max_tokens = render_prompt(self.tokenizer, conv, self.context, p.max_tokens)
-        answer = []
-        for delta in stream_rows(self.engine, self.tokenizer, prompt, p):
-            answer.append(delta.text)
-            out.write(delta.text)
-            out.flush()
-        answer = "".join(answer)
-        self.messages += [{"role": "user", "content": text}, {"role": "assistant", "content": answer or " "}]
+        parts, view = [], AnswerView(out)
+        stream = stream_rows(self.engine, self.tokenizer, prompt, p)
+        try:
+            for delta in stream:
+                kind = getattr(delta, "kind", "text")
+                parts.append([kind, delta.text])
+                view.write(kind, delta.text)
+        finally:  # also on Ctrl-C: stop the engine, keep what was said
+            stream.close()
+            view.close()
+            answer = answer_content(parts)
+            self.messages += [{"role": "user", "content": text}, {"role": "assistant", "content": answer or " "}]
         return answer
 
 
@@ -92,18 +148,57 @@ def load_session(settings: ChatSettings) -> tuple[ChatSession, object]:
     return ChatSession(engines[0], tokenizer, info.sequence_len, sampling, settings.system), info
 
 
-def interactive(session: ChatSession, info, stdin=None, out=None) -> None:
-    stdin, out = stdin or sys.stdin, out or sys.stdout
-    tty = stdin.isatty()
-    out.write(f"nanochat · {info.id} ({info.size} parameters, stage {info.stage})\n"
-              "Type a message; 'clear' starts over, 'quit' or Ctrl-D ends.\n")
-    while True:
-        if tty:
-            out.write("\nYou: ")
+def _line_reader(stdin, out):
+    """A function returning the next line (without its newline), raising EOFError at the end.
+
+    On a terminal: `input()` with readline's line editing and history (arrow keys, Ctrl-A/E, Up for earlier
+    messages) where Python has readline."""
+    if stdin is sys.stdin and stdin.isatty():
+        try:
+            import readline  # noqa: F401  (importing it gives input() line editing and history)
+        except ImportError:
+            pass
+
+        def read() -> str:
+            out.write("\n")
             out.flush()
+            return input("You: ")
+        return read
+
+    def read_plain() -> str:
         line = stdin.readline()
-        if not line:  # EOF
+        if not line:
+            raise EOFError
+        return line
+    return read_plain
+
+
+def interactive(session: ChatSession, info, stdin=None, out=None) -> None:
+    """Read messages until 'quit', Ctrl-D or Ctrl-C twice at the prompt.
+
+    Ctrl-C during an answer stops that answer (the conversation goes on); Ctrl-C at the prompt drops the line
+    being typed, and a second one in a row ends the chat. Ctrl-D at the prompt ends it on a fresh line."""
+    stdin, out = stdin or sys.stdin, out or sys.stdout
+    read = _line_reader(stdin, out)
+    out.write(f"nanochat · {info.id} ({info.size} parameters, stage {info.stage})\n"
+              "Type a message; 'clear' starts over; 'quit', Ctrl-D or Ctrl-C twice ends. "
+              "Ctrl-C stops an answer.\n")
+    interrupted = False
+    while True:
+        try:
+            line = read()
+        except EOFError:
+            if stdin.isatty():
+                out.write("\n")  # the prompt's line ends before the shell's prompt
             break
+        except KeyboardInterrupt:
+            if interrupted:
+                out.write("\n")
+                break
+            out.write("\n(Ctrl-C again or Ctrl-D to quit)\n")
+            interrupted = True
+            continue
+        interrupted = False
         text = line.strip()
         if not text:
             continue
@@ -118,6 +213,8 @@ def interactive(session: ChatSession, info, stdin=None, out=None) -> None:
             session.reply(text, out)
         except NanochatError as e:  # e.g. the conversation outgrew the context: say so, keep the session
             out.write(f"[{e}; type 'clear' to start over]")
+        except KeyboardInterrupt:
+            out.write(" [stopped]")
         out.write("\n")
         out.flush()
 
