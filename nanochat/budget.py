@@ -12,7 +12,7 @@ the probe) come out of the budget first.
 
 The choice is ordinary overrides (`model.depth`, `stage.param_data_ratio`, `stage.num_iterations=-1`,
 `stage.target_flops=null`): the run that follows is the run the same keys typed by hand would give.
-Plain Python; the config side (composing each stage, printing, recording) lives in `nanochat.budget_config`.
+Plain Python; the config side (composing each stage, printing, recording) is `nanochat.stages.budget_plan`.
 """
 from __future__ import annotations
 
