@@ -109,6 +109,9 @@ class Terminal:
         return self.raw.decode("utf-8", "replace").replace("\r\n", "\n")
 
     def send(self, keys: str) -> None:
+        import time
+
+        time.sleep(0.1)  # as pexpect does: a program that just printed its prompt may not be reading yet
         os.write(self.fd, keys.encode())
 
     def _read(self, timeout: float) -> bool:
