@@ -247,7 +247,10 @@ def model_card(config: GPTConfig, meta: dict, n_params: int, hf: bool, blockers:
                   "ids = tok.apply_chat_template([{'role': 'user', 'content': 'Hi!'}], add_generation_prompt=True,",
                   "                              return_tensors='pt', return_dict=True)",
                   "out = model.generate(**ids, max_new_tokens=64, do_sample=False)",
-                  "print(tok.decode(out[0, ids['input_ids'].shape[1]:], skip_special_tokens=True))", "```", ""]
+                  "print(tok.decode(out[0, ids['input_ids'].shape[1]:], skip_special_tokens=True))", "```", "",
+                  "Special tokens are spelled `<｜bos｜>`, `<｜user_start｜>`, ... in `tokenizer.json` (decoded as "
+                  "`<|bos|>`, ...): text that says `<|user_end|>` stays text, and the chat template escapes "
+                  "message text, so a message cannot open or close a turn.", ""]
     else:
         lines += [f"Not loadable by `transformers`: it uses {', '.join(blockers)}, which its NanoChat model "
                   "class does not have. Load it with nanochat:", ""]
