@@ -2,10 +2,10 @@
 
 The one idea: time is measured, never assumed. `measure` builds the real model (`nanochat.gpt.GPT`, from a
 stage's `scaling.Plan`) and its real optimizer (`nanochat.optim.build_optimizer`), with the run's precision,
-compile setting and device, and times a few training micro-steps and optimizer steps on random tokens (one-off
+compile setting, device and kernels (attention backend, chunked loss, fp8), and times a few training micro-steps and optimizer steps on random tokens (one-off
 build, compile and warm-up seconds are kept apart), plus a few KV-cached decode steps for the evaluations. A
 measurement is cached in `<NANOCHAT_BASE_DIR>/throughput_probe.json` under a key that names everything it
-depends on (device, torch, precision, compile, context, rows per micro-batch, preset, depth).
+depends on (device, torch, precision, compile, context, rows per micro-batch, preset, kernels, depth).
 
 `RateModel` turns two or three probed depths into a rate for any depth: the achieved FLOP/s of a micro-step
 (tokens/s x FLOPs/token) is interpolated linearly in depth (held flat beyond the probed ones), the optimizer
@@ -46,10 +46,14 @@ class ProbeSetup:
     seq_len: int
     device_batch_size: int
     preset: str
+    attention: str = "auto"  # hardware.attention (resolved per model: windows decide flex or sdpa)
+    loss_chunk: int = 0  # hardware.loss_chunk
+    fp8: bool = False  # hardware.fp8
 
     def key(self, depth: int) -> str:
+        kernels = f"|attn={self.attention}|chunk={self.loss_chunk}|fp8={self.fp8}"
         return (f"{self.device}|torch {self.torch}|{self.precision}|compile={self.compile}|T={self.seq_len}|"
-                f"B={self.device_batch_size}|{self.preset}|d{depth}")
+                f"B={self.device_batch_size}|{self.preset}{kernels}|d{depth}")
 
 
 @dataclass(frozen=True)
@@ -70,10 +74,10 @@ class ProbeResult:
 
 
 def setup_for(accelerator: str, precision: str, compile: bool, seq_len: int, device_batch_size: int,
-              preset: str) -> ProbeSetup:
+              preset: str, attention: str = "auto", loss_chunk: int = 0, fp8: bool = False) -> ProbeSetup:
     return ProbeSetup(device=device_name(accelerator), torch=torch.__version__.split("+")[0], precision=str(precision),
                       compile=bool(compile), seq_len=int(seq_len), device_batch_size=int(device_batch_size),
-                      preset=str(preset))
+                      preset=str(preset), attention=str(attention), loss_chunk=int(loss_chunk), fp8=bool(fp8))
 
 
 def device_name(accelerator: str) -> str:
@@ -103,12 +107,20 @@ def measure(plan, setup: ProbeSetup, micro_steps: int = MICRO_STEPS, warmup_step
             decode_steps: int = DECODE_STEPS) -> ProbeResult:
     """Time real training steps of `plan`'s model on random tokens (the weights are thrown away)."""
     from nanochat.gpt import GPT, cast_compute_dtype
+    from nanochat.hardware import resolve_attention
     from nanochat.optim import build_optimizer
 
     device = torch.device("cuda" if setup.device != "cpu" else "cpu")
     t0 = time.perf_counter()
     compute_dtype = cast_compute_dtype(device) if setup.precision == "bf16-cast" else None
     model = GPT.build(plan.model, device=device, compute_dtype=compute_dtype)
+    # the run's own kernels, applied as the training module applies them (before compile)
+    model.set_loss_chunk(setup.loss_chunk)
+    model.set_attention(resolve_attention(setup.attention, plan.model, device.type, training=True).name)
+    if setup.fp8:
+        from nanochat.fp8 import convert_to_fp8
+
+        convert_to_fp8(model)
     train_model = model
     if setup.compile:
         train_model = torch.compile(model, dynamic=False)

@@ -173,7 +173,7 @@ def choose_for(cfg: DictConfig, stages: list[str], stage_cfgs: dict, log=print,
     hw = cfg.hardware
     first = plan_for(depths[0], preset_ratio)
     setup = setup_for(hw.accelerator, hw.precision, bool(hw.compile), first.seq_len, first.device_batch_size,
-                      cfg.model.preset)
+                      cfg.model.preset, attention=hw.attention, loss_chunk=int(hw.loss_chunk), fp8=bool(hw.fp8))
     log(f"time budget: probing training throughput on {setup.device} ({setup.precision}"
         f"{', compiled' if setup.compile else ''})")
     probed: dict = {}
