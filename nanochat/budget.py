@@ -91,6 +91,7 @@ class Choice:
     below_range: bool = False  # even the smallest model needed a shorter horizon than the range allows
     beyond_range: bool = False  # the next depth did not fit: this one trains longer than the range, to the budget
     candidates: list[tuple[int, float | None]] = field(default_factory=list)  # (depth, fitting ratio or None)
+    expected_mfu: float | None = None  # the probe's measured MFU at this depth (the base run's estimate uses it)
 
     @property
     def total_s(self) -> float:
@@ -99,13 +100,14 @@ class Choice:
     def overrides(self, prefix: str = "stage.") -> list[str]:
         """The choice as Hydra overrides; `prefix` "pipeline.base." for stage=all."""
         return [f"model.depth={self.depth}", f"{prefix}param_data_ratio={self.param_data_ratio:g}",
-                f"{prefix}num_iterations=-1", f"{prefix}target_flops=null"]
+                f"{prefix}num_iterations=-1", f"{prefix}target_flops=null",
+                *([f"hardware.expected_mfu={self.expected_mfu:.4g}"] if self.expected_mfu else [])]
 
     def as_dict(self) -> dict:
         return {"time_budget_s": self.budget_s, "depth": self.depth, "param_data_ratio": self.param_data_ratio,
                 "preset_ratio": self.preset_ratio, "below_range": self.below_range,
                 "beyond_range": self.beyond_range, "probe_s": self.probe_s,
-                "estimated_s": self.total_s, "base_steps": self.plan.num_steps,
+                "estimated_s": self.total_s, "base_steps": self.plan.num_steps, "expected_mfu": self.expected_mfu,
                 "stages": {s.name: s.seconds for s in self.stages},
                 "candidates": {f"d{d}": r for d, r in self.candidates}}
 

@@ -193,7 +193,9 @@ def choose_for(cfg: DictConfig, stages: list[str], stage_cfgs: dict, log=print,
         return budget.choose(budget_s, plan_for, RateModel(probed), w, depths, preset_ratio,
                              spent_s=time.perf_counter() - t0)
 
-    peak = hw.peak_flops if isinstance(hw.peak_flops, (int, float)) else None
+    from nanochat.probe import resolve_peak_flops
+
+    peak = resolve_peak_flops(hardware_of(cfg)).value  # "auto": measured on this GPU (cached), else nominal
     if peak and hw.accelerator != "cpu":  # a GPU profile's peak x expected MFU is a fair first guess
         try:
             guess = budget.choose(budget_s, plan_for, budget.AssumedRates(float(peak) * float(hw.expected_mfu)), w,
@@ -207,6 +209,8 @@ def choose_for(cfg: DictConfig, stages: list[str], stage_cfgs: dict, log=print,
         if min(probed) <= choice.depth <= max(probed):
             break
         choice = measure_and_choose([choice.depth])
+    if peak:  # the base run's own estimate then uses the measured rate, so the plan shows one figure
+        choice.expected_mfu = min(1.0, max(0.001, RateModel(probed).flops_per_s(choice.depth) / float(peak)))
     log(choice.describe(hardware_of(cfg), first.world_size))
     return choice
 

@@ -130,7 +130,8 @@ def apply_budget(cfg: DictConfig, stages: list[str], common: list[str], root: Pa
     model = [o for o in chosen if o.startswith("model.")]
     for o in model:
         OmegaConf.update(cfg, o.split("=", 1)[0], int(o.split("=", 1)[1]), merge=False)
-    return last_wins([*common, *model]), [o for o in chosen if not o.startswith("model.")], cfg.run_name
+    shared = [*model, *(o for o in chosen if o.startswith("hardware."))]  # every stage: the model and its rate
+    return last_wins([*common, *shared]), [o for o in chosen if o not in shared], cfg.run_name
 
 
 def plan_all(cfg: DictConfig, stages: list[str], common: list[str], root: Path, name: str,
