@@ -189,23 +189,8 @@ class Batcher:
         return self.model(step_input, kv_cache=self.cache)[:, -1, :]
 
     def _advance(self, job: Job, sampled: list[int]):
-        """Engine.generate's per-row rules: finished rows repeat their stop token, forced tool tokens first."""
-        tokens, masks = [], []
-        for row, token in zip(job.rows, sampled):
-            if row.done:
-                tokens.append(row.stop)
-                masks.append(0)
-                continue
-            mask = 1
-            if row.forced:
-                token, mask = row.forced.popleft(), 0
-            tokens.append(token)
-            masks.append(mask)
-            if token in self.stops:
-                row.done, row.stop = True, token
-            elif self.tools:
-                self.engine._tool_step(row, token)
-        return tokens, masks
+        """Engine.generate's per-row rules (finished rows repeat their stop token, forced tool tokens first)."""
+        return self.engine.advance_rows(job.rows, sampled, self.stops, self.tools)
 
     # -- cache bookkeeping ----------------------------------------------------------------------------------
     def _storage(self, rows: int) -> None:

@@ -280,21 +280,7 @@ class Engine:
                 logits[:, bos] = float("-inf")
             sampled = sample_next(logits, rng, float(temperature), top_k, top_p).tolist()
             logp = None if logprobs is None else F.log_softmax(logits.float(), dim=-1)
-            tokens, masks = [], []
-            for row, token in zip(rows, sampled):
-                if row.done:
-                    tokens.append(row.stop)
-                    masks.append(0)
-                    continue
-                mask = 1
-                if row.forced:
-                    token, mask = row.forced.popleft(), 0
-                tokens.append(token)
-                masks.append(mask)
-                if token in stops:
-                    row.done, row.stop = True, token
-                elif tools:
-                    self._tool_step(row, token)
+            tokens, masks = self.advance_rows(rows, sampled, stops, tools)
             if logp is None:
                 yield tokens, masks
             else:
@@ -339,6 +325,26 @@ class Engine:
                 cache.prev_embedding[rows] = part.prev_embedding.repeat_interleave(k, dim=0)
         cache.advance(longest)
         return cache, logits
+
+    def advance_rows(self, rows, sampled: list[int], stops, tools: bool) -> tuple[list[int], list[int]]:
+        """One step's per-row rules: finished rows repeat their stop token, forced tool tokens come first, a stop
+        token ends its row, and a tool call runs once its end token is sampled. Returns (tokens, masks)."""
+        tokens, masks = [], []
+        for row, token in zip(rows, sampled):
+            if row.done:
+                tokens.append(row.stop)
+                masks.append(0)
+                continue
+            mask = 1
+            if row.forced:
+                token, mask = row.forced.popleft(), 0
+            tokens.append(token)
+            masks.append(mask)
+            if token in stops:
+                row.done, row.stop = True, token
+            elif tools:
+                self._tool_step(row, token)
+        return tokens, masks
 
     def _tool_step(self, row: _Row, token: int) -> None:
         """Advance the python-call state machine of one row by one emitted token."""
