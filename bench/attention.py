@@ -25,6 +25,7 @@ import torch
 
 from nanochat import scaling
 from nanochat.gpt import GPT, cast_compute_dtype
+from nanochat.probe import synchronize
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
@@ -33,11 +34,6 @@ def _dtype(device: torch.device, dtype) -> torch.dtype:
     if dtype in (None, "auto"):
         return cast_compute_dtype(device)
     return DTYPES[dtype] if isinstance(dtype, str) else dtype
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _step_fn(model: GPT, x, y, train: bool):
@@ -95,17 +91,17 @@ def compare_attention(depth: int = 4, seq_len: int = 512, batch: int = 4, device
             torch.cuda.reset_peak_memory_stats(device)
         for _ in range(warmup):
             losses[name] = float(step())
-        _sync(device)
+        synchronize(device)
         if device.type == "cuda":
             peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
     for _ in range(reps):  # alternate rounds, so drift (clocks, other load) hits every backend alike
         for name, model in models.items():
             step = _step_fn(model, x, y, train)
             for _ in range(steps):
-                _sync(device)
+                synchronize(device)
                 t0 = time.perf_counter()
                 step()
-                _sync(device)
+                synchronize(device)
                 times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(t) for name, t in times.items()}
     with torch.no_grad():

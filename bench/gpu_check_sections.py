@@ -19,12 +19,9 @@ from pathlib import Path
 
 import torch
 
+from nanochat.probe import synchronize
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _compute_dtype(check) -> torch.dtype:
@@ -233,10 +230,10 @@ def _fwd_bwd_seconds(fn, x, w, reps: int) -> float:
     best = float("inf")
     for i in range(reps + 2):
         x.grad = w.grad = None
-        _sync(x.device)
+        synchronize(x.device)
         t = time.perf_counter()
         fn(x, w).backward(grad)
-        _sync(x.device)
+        synchronize(x.device)
         if i >= 2:
             best = min(best, time.perf_counter() - t)
     return best
@@ -318,11 +315,11 @@ def evaluation(check) -> dict:
 
     t = time.perf_counter()
     train_step()
-    _sync(device)
+    synchronize(device)
     first = time.perf_counter() - t
     for _ in range(max(0, e["steps"] - 1)):
         train_step()
-    _sync(device)
+    synchronize(device)
     train_graphs, train_peak = graphs(), reserved()
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -330,16 +327,16 @@ def evaluation(check) -> dict:
     t = time.perf_counter()
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         nats = model(x, x, loss_reduction="none")
-        _sync(device)
+        synchronize(device)
         first_eval = time.perf_counter() - t
         eval_graphs = graphs() - train_graphs
         model(x, x, loss_reduction="none")
-    _sync(device)
+    synchronize(device)
     eval_peak, stable = reserved(), graphs() - train_graphs == eval_graphs
     model.train()
     before = graphs()
     train_step()
-    _sync(device)
+    synchronize(device)
     out = {"depth": e["depth"], "backend": e["backend"], "first_train_step_s": first, "train_graphs": train_graphs,
            "eval_new_graphs": eval_graphs, "eval_recompiled": eval_graphs > 0, "eval_graphs_stable": stable,
            "train_after_eval_new_graphs": graphs() - before, "first_eval_s": first_eval,
@@ -366,12 +363,12 @@ def engine(check) -> dict:
     def timed(batch: int, max_tokens: int) -> tuple[float, float]:
         """(seconds to the first token: the prompt's forward + one sample, seconds of the remaining steps)."""
         prompts = torch.randint(0, cfg.vocab_size, (batch, e["prompt"]), generator=gen).tolist()
-        _sync(device)
+        synchronize(device)
         t = time.perf_counter()
         first = None
         for _ in eng.generate(prompts, max_tokens=max_tokens, temperature=0.0):
             first = first or time.perf_counter()  # a yield follows a .tolist(), so the device has finished
-        _sync(device)
+        synchronize(device)
         return first - t, time.perf_counter() - first
 
     timed(1, 2)  # warm-up: kernels, cache allocation

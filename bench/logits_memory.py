@@ -23,11 +23,7 @@ import torch
 from nanochat import scaling
 from nanochat.gpt import GPT
 from nanochat.memory import estimate_training_memory, gib, measure_peak
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from nanochat.probe import synchronize
 
 
 def _step_peak(model, x, device: torch.device) -> int:
@@ -38,11 +34,11 @@ def _step_peak(model, x, device: torch.device) -> int:
 
     if device.type != "cuda":
         return measure_peak(step)
-    _sync(device)
+    synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     step()
-    _sync(device)
+    synchronize(device)
     return torch.cuda.max_memory_allocated(device) - base
 
 
@@ -70,13 +66,13 @@ def compare_loss(depth: int = 8, seq_len: int = 2048, batch: int = 1, device: st
 
     def train_step(n: int) -> tuple[float, float]:
         model.set_loss_chunk(n)
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         loss = runner(x, x)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        _sync(device)
+        synchronize(device)
         return time.perf_counter() - t0, float(loss.detach())
 
     for name, n in sides.items():  # warm-up (and compilation) of both paths before anything is timed

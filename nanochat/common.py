@@ -65,6 +65,27 @@ def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> None:
         Path(tmp).write_bytes(data)
 
 
+def read_json_cache(path: str | os.PathLike) -> dict:
+    """A JSON object kept as a cache; {} when it is missing or damaged (a cache is only a shortcut)."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # ValueError covers bad JSON and bad UTF-8
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def update_json_cache(path: str | os.PathLike, key: str, value) -> None:
+    """Set one entry of a JSON cache: re-read, merge, atomic rename (other entries, perhaps just written by another
+    process, survive; the file is never half-written)."""
+    import json
+
+    data = read_json_cache(path)
+    data[key] = value
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
 def shared_data_dir() -> Path | None:
     """Reference data for tests/benchmarks ($NANOCHAT_SHARED_DATA, default ../shared/data); None if absent."""
     default = Path(__file__).resolve().parent.parent.parent / "shared" / "data"

@@ -11,7 +11,6 @@ Plain PyTorch; `bench/peak_flops.py` reports the same probe per size and dtype.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from nanochat.common import NanochatError, atomic_write_bytes, get_base_dir
+from nanochat.common import NanochatError, get_base_dir, read_json_cache, update_json_cache
 
 AUTO = "auto"
 CACHE_NAME = "peak_flops.json"
@@ -60,6 +59,13 @@ def dtype_name(dtype: torch.dtype) -> str:
         dtype, str(dtype).removeprefix("torch."))
 
 
+def synchronize(device: str | torch.device) -> None:
+    """Wait for the device's queued work (a no-op off CUDA): what every timer here stops behind."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def matmul_rate(n: int, dtype: torch.dtype, device: str | torch.device, reps: int = 5, inner: int = 1) -> float:
     """Best FLOP/s of an n x n @ n x n matmul over `reps` timed windows of `inner` back-to-back products
     (after one warm-up). Random operands: all-zero ones draw less power and read faster than real work."""
@@ -67,15 +73,14 @@ def matmul_rate(n: int, dtype: torch.dtype, device: str | torch.device, reps: in
     gen = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     torch.matmul(a, b)
-    sync()
+    synchronize(device)
     best = float("inf")
     for _ in range(max(1, reps)):
         t0 = time.perf_counter()
         for _ in range(max(1, inner)):
             torch.matmul(a, b)
-        sync()
+        synchronize(device)
         best = min(best, (time.perf_counter() - t0) / max(1, inner))
     return 2 * n ** 3 / best
 
@@ -114,29 +119,18 @@ def cache_key(device_name: str, dtype: torch.dtype) -> str:
     return f"{device_name} | torch {torch.__version__} | {dtype_name(dtype)}"
 
 
-def read_cache(path: Path | None = None) -> dict:
-    path = path or cache_path()
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def measured_peak(device: str | torch.device, dtype: torch.dtype, *, refresh: bool = False,
                   sizes: tuple[int, ...] | None = None, path: Path | None = None) -> tuple[float, bool]:
     """(FLOP/s, came from the cache) for `device` in `dtype`: the cached figure, else a fresh probe written back
     atomically (a concurrent writer at worst repeats the probe; the file is never half-written)."""
     path = path or cache_path()
     key = cache_key(device_label(device), dtype)
-    entry = read_cache(path).get(key)
+    entry = read_json_cache(path).get(key)
     if not refresh and isinstance(entry, dict) and float(entry.get("flops", 0)) > 0:
         return float(entry["flops"]), True
     flops = measure_peak(device, dtype, sizes)
-    data = read_cache(path)  # re-read: another process may have added entries meanwhile
-    data[key] = {"flops": flops, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "sizes": list(sizes or (GPU_SIZES if torch.device(device).type == "cuda" else CPU_SIZES))}
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    update_json_cache(path, key, {"flops": flops, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                  "sizes": list(sizes or (GPU_SIZES if torch.device(device).type == "cuda" else CPU_SIZES))})
     return flops, False
 
 
@@ -188,4 +182,4 @@ def resolved_hardware(hardware, peak: PeakFlops | None = None):
 
 
 __all__ = ["AUTO", "PeakFlops", "cache_key", "cache_path", "check_peak_flops", "device_label", "matmul_rate",
-           "measure_peak", "measured_peak", "probe_dtype", "resolve_peak_flops", "resolved_hardware"]
+           "measure_peak", "measured_peak", "probe_dtype", "resolve_peak_flops", "resolved_hardware", "synchronize"]

@@ -14,7 +14,6 @@ Plain PyTorch; no Lightning.
 """
 from __future__ import annotations
 
-import json
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -22,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from nanochat.common import NanochatError, atomic_write_bytes, get_base_dir
+from nanochat.common import NanochatError, get_base_dir, read_json_cache, update_json_cache
+from nanochat.probe import synchronize
 
 CACHE_NAME = "throughput_probe.json"
 MICRO_STEPS = 5  # timed micro-steps (fwd + bwd) after the warm-up ones (at least; see MIN_SECONDS)
@@ -89,11 +89,6 @@ def device_name(accelerator: str) -> str:
     return "cpu"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _autocast(device: torch.device, precision: str):
     """The autocast context Lightning's precision plugin would open (none for full or cast precision)."""
     if precision == "bf16-mixed":
@@ -140,7 +135,7 @@ def measure(plan, setup: ProbeSetup, micro_steps: int = MICRO_STEPS, warmup_step
             micro()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        _sync(device)
+        synchronize(device)
         warmup_s = time.perf_counter() - t0
         micro_s = _mean_seconds(micro, micro_steps, device)
         optimizer_s = _mean_seconds(optimizer.step, 3, device, min_seconds=0.0)
@@ -164,7 +159,7 @@ def _mean_seconds(fn, n: int, device: torch.device, min_seconds: float = MIN_SEC
     calls, t = 0, time.perf_counter()
     while calls < n or (time.perf_counter() - t < min_seconds and calls < 10 * n):
         fn()
-        _sync(device)
+        synchronize(device)
         calls += 1
     return (time.perf_counter() - t) / calls
 
@@ -176,10 +171,10 @@ def _decode_seconds(model, device: torch.device, precision: str, steps: int) -> 
     with torch.no_grad(), _autocast(device, precision):
         for _ in zip(range(2), model.generate(prompt, max_tokens=2, temperature=0.0)):  # warm-up
             pass
-        _sync(device)
+        synchronize(device)
         t = time.perf_counter()
         n = sum(1 for _ in model.generate(prompt, max_tokens=steps, temperature=0.0))
-        _sync(device)
+        synchronize(device)
     model.train()
     return (time.perf_counter() - t) / max(1, n)
 
@@ -193,22 +188,13 @@ def cache_path() -> Path:
 
 
 def load_cache(path: Path | None = None) -> dict:
-    path = path or cache_path()
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-        return {}  # a cache is only a shortcut: a damaged one is measured again
-    return data if isinstance(data, dict) else {}
+    """Every cached measurement ({} when the cache is missing or damaged: it is measured again)."""
+    return read_json_cache(path or cache_path())
 
 
 def save_result(key: str, result: ProbeResult, path: Path | None = None) -> None:
-    """Add one measurement to the cache (read, merge, atomic rename: other keys survive)."""
-    path = path or cache_path()
-    data = load_cache(path)
-    data[key] = asdict(result)
-    atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode())
+    """Add one measurement to the cache (other keys survive)."""
+    update_json_cache(path or cache_path(), key, asdict(result))
 
 
 def cached(key: str, path: Path | None = None) -> ProbeResult | None:
