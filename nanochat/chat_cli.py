@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Optional
 
+from nanochat.chat_render import Reply
 from nanochat.common import NanochatError, knob
 
 QUIT = {"quit", "exit", "/quit", "/exit"}
@@ -60,46 +61,19 @@ def split_text(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 class AnswerView:
-    """Writes an answer's parts readably: tool use as `[calculator: 12*12 = 144]`, never as special tokens."""
-
-    OPEN = {("text", "python"): "[calculator: ", ("python", "python_output"): " = ",
-            ("text", "python_output"): "[calculator = "}
+    """Writes an answer to `out` as it streams, readably (nanochat.chat_render.Reply: tool use as
+    `[calculator: 12*12 = 144]`, never as special tokens), and keeps it as parts."""
 
     def __init__(self, out):
-        self.out, self.kind = out, "text"
+        self.out, self.reply = out, Reply()
 
     def write(self, kind: str, text: str) -> None:
-        if kind != self.kind:
-            self.out.write(self.OPEN.get((self.kind, kind), "]" if kind == "text" else " "))
-            self.kind = kind
-        self.out.write(text)
+        self.out.write(self.reply.add(kind, text))
         self.out.flush()
 
     def close(self) -> None:
-        if self.kind != "text":
-            self.out.write("]")
-            self.kind = "text"
+        self.out.write(self.reply.close())
         self.out.flush()
-
-
-def answer_content(parts: list[list[str]]):
-    """[kind, text] pieces -> a message's content: a string, or chat.py's parts when the answer used the tool."""
-    merged: list[dict] = []
-    for kind, text in parts:
-        if merged and merged[-1]["type"] == kind:
-            merged[-1]["text"] += text
-        elif text:
-            merged.append({"type": kind, "text": text})
-    clean = []  # what `chat.validate_conversation` accepts (an interrupted answer can end anywhere)
-    for part in merged:
-        if part["type"] == "python" and not part["text"].strip():
-            continue
-        if part["type"] == "python_output" and (not clean or clean[-1]["type"] != "python"):
-            continue
-        clean.append(part)
-    if all(part["type"] == "text" for part in clean):
-        return "".join(part["text"] for part in clean)
-    return clean
 
 
 class ChatSession:
@@ -124,17 +98,15 @@ class ChatSession:
         conv = check_conversation(head + self.messages + [{"role": "user", "content": text}], Limits())
         p = check_sampling(replace(self.sampling, n=1, stop=()), Limits())
         prompt, p.max_tokens = render_prompt(self.tokenizer, conv, self.context, p.max_tokens)
-        parts, view = [], AnswerView(out)
+        view = AnswerView(out)
         stream = stream_rows(self.engine, self.tokenizer, prompt, p)
         try:
             for delta in stream:
-                kind = getattr(delta, "kind", "text")
-                parts.append([kind, delta.text])
-                view.write(kind, delta.text)
+                view.write(getattr(delta, "kind", "text"), delta.text)
         finally:  # also on Ctrl-C: stop the engine, keep what was said
             stream.close()
             view.close()
-            answer = answer_content(parts)
+            answer = view.reply.content()
             self.messages += [{"role": "user", "content": text}, {"role": "assistant", "content": answer or " "}]
         return answer
 

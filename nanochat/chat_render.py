@@ -40,6 +40,48 @@ def sendable(parts: list[dict]) -> list[dict]:
     return out
 
 
+class Reply:
+    """A reply as it streams, for a plain-text view (the API's `content`, the chat CLI): its parts, and each delta
+    in readable form, tool use framed as `[calculator: 12*12 = 144]`."""
+
+    def __init__(self):
+        self.parts: list[dict] = []
+        self.open = False  # inside a "[calculator: ..." frame
+
+    def add(self, kind: str, text: str) -> str:
+        """Record a delta; return its readable form."""
+        if not text:  # part boundaries matter only once the next part has text
+            return ""
+        last = self.parts[-1]["type"] if self.parts else None
+        frame = ""
+        if kind != last:
+            if kind == "text":
+                frame = "]" if self.open else ""
+            elif kind == "python":
+                frame = ("] " if self.open else "") + "[calculator: "
+            else:
+                frame = " = " if self.open else "[calculator = "
+            self.open = kind != "text"
+        extend_reply(self.parts, kind, text)
+        return frame + text
+
+    def close(self) -> str:
+        """What ends the readable text: the bracket of a tool call the reply stopped inside."""
+        end, self.open = ("]" if self.open else ""), False
+        return end
+
+    @property
+    def tool_use(self) -> bool:
+        return any(part["type"] != "text" for part in self.parts)
+
+    def content(self):
+        """The reply as a message's content: a string, or chat.py's parts when it used the tool."""
+        parts = sendable(self.parts)
+        if all(part["type"] == "text" for part in parts):
+            return "".join(part["text"] for part in parts)
+        return parts
+
+
 def _one_line(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"

@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 from starlette.exceptions import HTTPException  # noqa: E402
 
+from nanochat.chat_render import Reply  # noqa: E402
 from nanochat.common import NanochatError  # noqa: E402
 from nanochat.serving import (ClientGone, Limits, ModelInfo, ModelPool, RequestError, SamplingParams,  # noqa: E402
                               ServerBusy, check_conversation, check_sampling, load_replicas, pick_devices,
@@ -169,39 +170,6 @@ def _token_logprobs(tokenizer, entries) -> list[dict]:
     return [{**one(tok, lp), "top_logprobs": [one(t, v) for t, v in top]} for tok, lp, top in entries or ()]
 
 
-class _Answer:
-    """One choice's text as it streams: the readable content and the exact parts."""
-
-    def __init__(self):
-        self.parts: list[dict] = []
-        self.open = False  # inside a "[calculator: ..." frame
-
-    def add(self, kind: str, text: str) -> str:
-        """Record a delta; return its readable form (tool use framed as [calculator: code = result])."""
-        if not text:  # part boundaries matter only once the next part has text
-            return ""
-        last = self.parts[-1]["type"] if self.parts else None
-        frame = ""
-        if kind != last:
-            if kind == "text":
-                frame = "]" if self.open else ""
-            elif kind == "python":
-                frame = ("] " if self.open else "") + "[calculator: "
-            else:
-                frame = " = " if self.open else "[calculator = "
-            self.open = kind != "text"
-            self.parts.append({"type": kind, "text": ""})
-        self.parts[-1]["text"] += text
-        return frame + text
-
-    def close(self) -> str:
-        return "]" if self.open else ""
-
-    @property
-    def tool_use(self) -> bool:
-        return any(part["type"] != "text" for part in self.parts)
-
-
 def create_app(pool: ModelPool, info: ModelInfo, limits: Limits | None = None,
                defaults: SamplingParams | None = None, ui: bool = True) -> FastAPI:
     """The FastAPI app: API routes first, then (ui=True) the Gradio page mounted at /."""
@@ -285,7 +253,7 @@ def create_app(pool: ModelPool, info: ModelInfo, limits: Limits | None = None,
             include_usage = bool((req.stream_options or {}).get("include_usage"))
             return StreamingResponse(_stream(deltas, first, p.n, rid, created, info.id, usage, include_usage, lp),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        answers, texts = [_Answer() for _ in range(p.n)], [""] * p.n
+        answers, texts = [Reply() for _ in range(p.n)], [""] * p.n
         finish, tokens, logprobs = [None] * p.n, [0] * p.n, [[] for _ in range(p.n)]
         try:
             d = first
@@ -340,7 +308,7 @@ async def _stream(deltas, first, n, rid, created, model, usage, include_usage, l
                      "choices": [{"index": row, "delta": delta, "finish_reason": finish,
                                   "logprobs": {"content": logprobs, "refusal": None} if lp else None}]})
 
-    tokens, answers = [0] * n, [_Answer() for _ in range(n)]
+    tokens, answers = [0] * n, [Reply() for _ in range(n)]
     try:
         for i in range(n):
             yield chunk(i, {"role": "assistant", "content": ""}, logprobs=[])

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from nanochat.chat_render import Reply
 from tests.serve_helpers import export_tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,7 +214,10 @@ def test_calculator_use_is_shown_readably_and_kept_as_parts(monkeypatch):
     view.write("python", "2+")
     view.close()
     assert out.getvalue() == "Hm [calculator: 2+]"
-    assert chat_cli.answer_content([["text", "Hm "], ["python", "  "]]) == "Hm "
+    reply = Reply()
+    reply.add("text", "Hm ")
+    reply.add("python", "  ")
+    assert reply.content() == "Hm "
 
 
 def test_ctrl_c_twice_at_the_prompt_ends_the_chat(monkeypatch):
