@@ -26,6 +26,8 @@ import torch
 
 from train_cpu import ROOT, ensure_tokenizer
 
+from nanochat.probe import synchronize
+
 
 def time_fwd_bwd(fn, x, w, reps: int) -> float:
     """Best seconds of forward + backward of fn(x, w) over `reps` runs (after two warm-ups)."""
@@ -33,29 +35,41 @@ def time_fwd_bwd(fn, x, w, reps: int) -> float:
     best = float("inf")
     for i in range(reps + 2):
         x.grad = w.grad = None
-        torch.cuda.synchronize()
+        synchronize(x.device)
         t0 = time.perf_counter()
         fn(x, w).backward(grad)
-        torch.cuda.synchronize()
+        synchronize(x.device)
         if i >= 2:
             best = min(best, time.perf_counter() - t0)
     return best
 
 
-def matmul_comparison(tokens: int, d: int, reps: int = 10) -> None:
+def matmul_rows(tokens: int, d: int, reps: int = 10, device: str = "cuda") -> list[dict]:
+    """fp8 vs bf16 autocast, forward + backward of one Linear at the MLP's two shapes (d -> 4d, 4d -> d):
+    [{shape, bf16_flops, fp8_flops, speedup}] (FLOP/s). bench/gpu_check.py runs it too."""
     from nanochat.fp8 import Fp8Matmul
 
+    device = torch.device(device)
+
     def bf16(x, w):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             return torch.nn.functional.linear(x, w)
 
+    rows = []
     for n_in, n_out in ((d, 4 * d), (4 * d, d)):
-        x = torch.randn(tokens, n_in, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        w = torch.randn(n_out, n_in, device="cuda", requires_grad=True)  # fp32 master weight, as in training
+        x = torch.randn(tokens, n_in, device=device, dtype=torch.bfloat16, requires_grad=True)
+        w = torch.randn(n_out, n_in, device=device, requires_grad=True)  # fp32 master weight, as in training
         flops = 6 * tokens * n_in * n_out  # forward + two backward matmuls
         t_bf16, t_fp8 = time_fwd_bwd(bf16, x, w, reps), time_fwd_bwd(Fp8Matmul.apply, x, w, reps)
-        print(f"fp8 matmul {tokens} x {n_in} -> {n_out} fwd+bwd: bf16 {flops / t_bf16 / 1e12:.0f} TFLOP/s, "
-              f"fp8 {flops / t_fp8 / 1e12:.0f} TFLOP/s (speed-up {t_bf16 / t_fp8:.2f}x)")
+        rows.append({"shape": f"{tokens}x{n_in}->{n_out}", "bf16_flops": flops / t_bf16, "fp8_flops": flops / t_fp8,
+                     "speedup": t_bf16 / t_fp8})
+    return rows
+
+
+def matmul_comparison(tokens: int, d: int, reps: int = 10) -> None:
+    for r in matmul_rows(tokens, d, reps):
+        print(f"fp8 matmul {r['shape']} fwd+bwd: bf16 {r['bf16_flops'] / 1e12:.0f} TFLOP/s, "
+              f"fp8 {r['fp8_flops'] / 1e12:.0f} TFLOP/s (speed-up {r['speedup']:.2f}x)")
 
 
 def train(name: str, out: Path, overrides: list[str]) -> dict:

@@ -225,24 +225,10 @@ def loss(check) -> dict:
                                       a["chunk"], a["steps"], **({"vocab_size": 4096} if check.dry else {})))
 
 
-def _fwd_bwd_seconds(fn, x, w, reps: int) -> float:
-    grad = torch.randn(x.size(0), w.size(0), device=x.device, dtype=x.dtype)
-    best = float("inf")
-    for i in range(reps + 2):
-        x.grad = w.grad = None
-        synchronize(x.device)
-        t = time.perf_counter()
-        fn(x, w).backward(grad)
-        synchronize(x.device)
-        if i >= 2:
-            best = min(best, time.perf_counter() - t)
-    return best
-
-
 def fp8(check) -> dict:
     """fp8 against bf16 for the layers fp8 converts (forward + backward of one Linear at d12's MLP shapes), then,
     on a GPU with fp8 and time left, d12 training with hardware.fp8=true against the bf16 run above."""
-    from nanochat.fp8 import Fp8Matmul, fp8_unsupported_reason
+    from nanochat.fp8 import fp8_unsupported_reason
 
     device = torch.device(check.sizes.device)
     reason = fp8_unsupported_reason("gpu") if device.type == "cuda" else "no CUDA device (dry pass: CPU kernels)"
@@ -250,21 +236,7 @@ def fp8(check) -> dict:
     if device.type == "cuda" and reason is not None:
         return out
     f = check.sizes.fp8
-    tokens, d = f["tokens"], f["d"]
-
-    def bf16(x, w):
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            return torch.nn.functional.linear(x, w)
-
-    rows = []
-    for n_in, n_out in ((d, 4 * d), (4 * d, d)):
-        x = torch.randn(tokens, n_in, device=device, dtype=torch.bfloat16, requires_grad=True)
-        w = torch.randn(n_out, n_in, device=device, requires_grad=True)  # fp32 master weight, as in training
-        flops = 6 * tokens * n_in * n_out
-        t16, t8 = _fwd_bwd_seconds(bf16, x, w, 5), _fwd_bwd_seconds(Fp8Matmul.apply, x, w, 5)
-        rows.append({"shape": f"{tokens}x{n_in}->{n_out}", "bf16_flops": flops / t16, "fp8_flops": flops / t8,
-                     "speedup": t16 / t8})
-    out["matmuls"] = rows
+    out["matmuls"] = _bench_module("fp8").matmul_rows(f["tokens"], f["d"], reps=5, device=device)
     base = check.shared.get("train", {}).get(check.sizes.depths[0])
     if reason is None and f["train_steps"] and base and check.left() > 100:
         run = train_depth(check.sizes.depths[0], ("hardware.fp8=true",), tag="_fp8")(check)
